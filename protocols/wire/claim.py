@@ -1,0 +1,289 @@
+"""The claim protocol's messages: IP protocol 150 packets sent to the cluster address.
+
+Every message starts with a version byte (this is version 1) and a type byte,
+then flags, the sender's member id and the sender's message counter, which
+increases by one with every message a member sends. Then a body by type:
+
+- CLAIM: "I want this session, with this score".
+- ASSERTION: "I own this session, with this score". Sent on winning, and in
+  answer to any claim for a session the sender owns.
+- HELLO: "I am alive, with this effective weight", plus draining/warming flags.
+
+When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
+(truncated HMAC-SHA256 of everything before it) ends the message.
+
+`CLAIM_MESSAGE` is the specification. Claims are not per-packet, but a busy
+cluster sends two or three per new session, and construct costs tens of
+microseconds a message, so `encode_message` and `decode_message` use
+`struct` at fixed offsets; tests check them against the declaration.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+from construct import (
+    Bytes,
+    Check,
+    Float64b,
+    If,
+    Int8ub,
+    Int16ub,
+    Int64ub,
+    Struct,
+    Switch,
+    Terminated,
+    this,
+)
+
+from protocols.errors import (
+    LocalProtocolError,
+    MalformedPacket,
+    UnknownMessageType,
+    UnsupportedVersion,
+)
+from protocols.session_key import SessionKey
+
+CLAIM_VERSION = 1
+TAG_LENGTH = 16
+
+
+class MessageType(IntEnum):
+    CLAIM = 1
+    ASSERTION = 2
+    HELLO = 3
+
+
+class MessageFlags(IntFlag):
+    AUTHENTICATED = 0x01
+    DRAINING = 0x02
+    WARMING = 0x04
+
+
+KNOWN_FLAGS = int(MessageFlags.AUTHENTICATED | MessageFlags.DRAINING | MessageFlags.WARMING)
+
+SESSION_KEY = Struct(
+    "family" / Int8ub,
+    Check(lambda ctx: ctx.family in (4, 6)),
+    "transport" / Int8ub,
+    "client_port" / Int16ub,
+    "cluster_port" / Int16ub,
+    "client_address" / Bytes(lambda ctx: 4 if ctx.family == 4 else 16),
+    "cluster_address" / Bytes(lambda ctx: 4 if ctx.family == 4 else 16),
+)
+
+SESSION_BODY = Struct("score" / Float64b, "session" / SESSION_KEY)
+HELLO_BODY = Struct("weight" / Float64b)
+
+CLAIM_MESSAGE = Struct(
+    "version" / Int8ub,
+    Check(this.version == CLAIM_VERSION),
+    "message_type" / Int8ub,
+    "flags" / Int8ub,
+    Check(lambda ctx: ctx.flags & ~KNOWN_FLAGS == 0),
+    "member_id" / Int64ub,
+    "counter" / Int64ub,
+    "body"
+    / Switch(
+        this.message_type,
+        {
+            MessageType.CLAIM: SESSION_BODY,
+            MessageType.ASSERTION: SESSION_BODY,
+            MessageType.HELLO: HELLO_BODY,
+        },
+    ),
+    Check(lambda ctx: ctx.message_type in (1, 2, 3)),
+    "tag" / If(lambda ctx: ctx.flags & MessageFlags.AUTHENTICATED, Bytes(TAG_LENGTH)),
+    Terminated,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A member asks for a session, bidding `score`."""
+
+    member_id: int
+    counter: int
+    session: SessionKey
+    score: float
+
+    def build(self) -> bytes:
+        return encode_message(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Assertion:
+    """A member states that it owns a session, which it won with `score`."""
+
+    member_id: int
+    counter: int
+    session: SessionKey
+    score: float
+
+    def build(self) -> bytes:
+        return encode_message(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A member is alive; `weight` is its effective weight (weight and load)."""
+
+    member_id: int
+    counter: int
+    weight: float
+    draining: bool = False
+    warming: bool = False
+
+    def build(self) -> bytes:
+        return encode_message(self)
+
+
+ClaimMessage = Claim | Assertion | Hello
+
+
+@dataclass(frozen=True, slots=True)
+class SignedClaimMessage:
+    """A message as it travels when a key is set: the message and its tag."""
+
+    message: ClaimMessage
+    tag: bytes
+
+    def build(self) -> bytes:
+        return encode_message(self.message, authenticated=True) + self.tag
+
+
+_HEADER = struct.Struct("!BBBQQ")
+_SESSION_FIXED = struct.Struct("!dBBHH")
+_HELLO = struct.Struct("!d")
+HEADER_LENGTH = _HEADER.size
+_MAX_U64 = 2**64 - 1
+
+
+def _check_number(name: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise LocalProtocolError(f"{name} must be a finite number >= 0, not {value}")
+
+
+def encode_message(message: ClaimMessage, *, authenticated: bool = False) -> bytes:
+    """The message's bytes up to (not including) the tag.
+
+    With `authenticated`, the AUTHENTICATED flag is set and the caller appends
+    the tag (see protocols.claim_auth).
+    """
+    if not 0 <= message.member_id <= _MAX_U64 or not 0 <= message.counter <= _MAX_U64:
+        raise LocalProtocolError("member_id and counter must fit in 64 bits")
+    flags = MessageFlags.AUTHENTICATED if authenticated else MessageFlags(0)
+    if isinstance(message, Hello):
+        _check_number("weight", message.weight)
+        if message.draining:
+            flags |= MessageFlags.DRAINING
+        if message.warming:
+            flags |= MessageFlags.WARMING
+        header = _HEADER.pack(
+            CLAIM_VERSION, MessageType.HELLO, flags, message.member_id, message.counter
+        )
+        return header + _HELLO.pack(message.weight)
+    _check_number("score", message.score)
+    key = message.session
+    size = len(key.client_address)
+    if size not in (4, 16) or len(key.cluster_address) != size:
+        raise LocalProtocolError("session addresses must both be IPv4 or both IPv6")
+    if not (0 <= key.transport <= 255 and 0 <= key.client_port <= 0xFFFF):
+        raise LocalProtocolError(f"session key out of range: {key!r}")
+    if not 0 <= key.cluster_port <= 0xFFFF:
+        raise LocalProtocolError(f"session key out of range: {key!r}")
+    message_type = MessageType.CLAIM if isinstance(message, Claim) else MessageType.ASSERTION
+    return (
+        _HEADER.pack(CLAIM_VERSION, message_type, flags, message.member_id, message.counter)
+        + _SESSION_FIXED.pack(
+            message.score,
+            4 if size == 4 else 6,
+            key.transport,
+            key.client_port,
+            key.cluster_port,
+        )
+        + key.client_address
+        + key.cluster_address
+    )
+
+
+def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
+    """Decode one message.
+
+    Returns the message, the length of the part a tag covers, and the tag
+    (None when the message is not authenticated). Raises UnsupportedVersion,
+    UnknownMessageType or MalformedPacket.
+    """
+    if len(data) < 2:
+        raise MalformedPacket(f"claim message of {len(data)} bytes is too short")
+    if data[0] != CLAIM_VERSION:
+        raise UnsupportedVersion(
+            f"claim message version {data[0]} is not supported (this member speaks "
+            f"version {CLAIM_VERSION}); upgrade every member to the same release"
+        )
+    if data[1] not in (MessageType.CLAIM, MessageType.ASSERTION, MessageType.HELLO):
+        raise UnknownMessageType(f"claim message type {data[1]} is unknown in version 1")
+    if len(data) < HEADER_LENGTH:
+        raise MalformedPacket(f"claim message of {len(data)} bytes is too short")
+    _, message_type, flags, member_id, counter = _HEADER.unpack_from(data)
+    if flags & ~KNOWN_FLAGS:
+        raise MalformedPacket(f"claim message has unknown flags {flags:#04x}")
+    offset = HEADER_LENGTH
+    message: ClaimMessage
+    if message_type == MessageType.HELLO:
+        if len(data) < offset + _HELLO.size:
+            raise MalformedPacket("hello message is truncated")
+        (weight,) = _HELLO.unpack_from(data, offset)
+        if not math.isfinite(weight) or weight < 0:
+            raise MalformedPacket(f"hello carries an invalid weight {weight}")
+        offset += _HELLO.size
+        message = Hello(
+            member_id,
+            counter,
+            weight,
+            draining=bool(flags & MessageFlags.DRAINING),
+            warming=bool(flags & MessageFlags.WARMING),
+        )
+    else:
+        if len(data) < offset + _SESSION_FIXED.size:
+            raise MalformedPacket("claim message is truncated")
+        score, family, transport, client_port, cluster_port = _SESSION_FIXED.unpack_from(
+            data, offset
+        )
+        if family not in (4, 6):
+            raise MalformedPacket(f"claim message has unknown address family {family}")
+        if not math.isfinite(score) or score < 0:
+            raise MalformedPacket(f"claim message carries an invalid score {score}")
+        offset += _SESSION_FIXED.size
+        size = 4 if family == 4 else 16
+        if len(data) < offset + 2 * size:
+            raise MalformedPacket("claim message is truncated")
+        key = SessionKey(
+            transport,
+            bytes(data[offset : offset + size]),
+            client_port,
+            bytes(data[offset + size : offset + 2 * size]),
+            cluster_port,
+        )
+        offset += 2 * size
+        kind = Claim if message_type == MessageType.CLAIM else Assertion
+        message = kind(member_id, counter, key, score)
+    signed_length = offset
+    tag = None
+    if flags & MessageFlags.AUTHENTICATED:
+        if len(data) < offset + TAG_LENGTH:
+            raise MalformedPacket("claim message tag is truncated")
+        tag = bytes(data[offset : offset + TAG_LENGTH])
+        offset += TAG_LENGTH
+    if len(data) != offset:
+        raise MalformedPacket(f"claim message has {len(data) - offset} trailing bytes")
+    return message, signed_length, tag
+
+
+def parse_claim_message(data: bytes) -> ClaimMessage | SignedClaimMessage:
+    """Decode a message without checking its tag (protocols.claim_auth checks tags)."""
+    message, _, tag = decode_message(data)
+    return message if tag is None else SignedClaimMessage(message, tag)
