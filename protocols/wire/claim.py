@@ -7,7 +7,8 @@ increases by one with every message a member sends. Then a body by type:
 - CLAIM: "I want this session, with this score".
 - ASSERTION: "I own this session, with this score". Sent on winning, and in
   answer to any claim for a session the sender owns.
-- HELLO: "I am alive, with this effective weight", plus draining/warming flags.
+- HELLO: "I am alive, with this effective weight", plus draining, warming
+  and leaving flags.
 
 When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
 (truncated HMAC-SHA256 of everything before it) ends the message.
@@ -59,11 +60,14 @@ class MessageType(IntEnum):
 
 class MessageFlags(IntFlag):
     AUTHENTICATED = 0x01
-    DRAINING = 0x02
-    WARMING = 0x04
+    DRAINING = 0x02  # hello: the sender serves what it has but claims nothing new
+    WARMING = 0x04  # hello: the sender joined recently and is still learning sessions
+    LEAVING = 0x08  # hello: the sender is shutting down; its sessions die with it
 
 
-KNOWN_FLAGS = int(MessageFlags.AUTHENTICATED | MessageFlags.DRAINING | MessageFlags.WARMING)
+KNOWN_FLAGS = int(
+    MessageFlags.AUTHENTICATED | MessageFlags.DRAINING | MessageFlags.WARMING | MessageFlags.LEAVING
+)
 
 SESSION_KEY = Struct(
     "family" / Int8ub,
@@ -136,6 +140,7 @@ class Hello:
     weight: float
     draining: bool = False
     warming: bool = False
+    leaving: bool = False
 
     def build(self) -> bytes:
         return encode_message(self)
@@ -182,6 +187,8 @@ def encode_message(message: ClaimMessage, *, authenticated: bool = False) -> byt
             flags |= MessageFlags.DRAINING
         if message.warming:
             flags |= MessageFlags.WARMING
+        if message.leaving:
+            flags |= MessageFlags.LEAVING
         header = _HEADER.pack(
             CLAIM_VERSION, MessageType.HELLO, flags, message.member_id, message.counter
         )
@@ -246,6 +253,7 @@ def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
             weight,
             draining=bool(flags & MessageFlags.DRAINING),
             warming=bool(flags & MessageFlags.WARMING),
+            leaving=bool(flags & MessageFlags.LEAVING),
         )
     else:
         if len(data) < offset + _SESSION_FIXED.size:

@@ -81,6 +81,7 @@ claim_messages: st.SearchStrategy[ClaimMessage] = st.one_of(
         scores,
         st.booleans(),
         st.booleans(),
+        st.booleans(),
     ),
 )
 

@@ -32,8 +32,10 @@ from tests.unit.frame_strategies import claim_messages
 def _declaration_view(message: ClaimMessage) -> dict[str, object]:
     """What the construct declaration should hold for a message."""
     if isinstance(message, Hello):
-        flags = (MessageFlags.DRAINING if message.draining else 0) | (
-            MessageFlags.WARMING if message.warming else 0
+        flags = (
+            (MessageFlags.DRAINING if message.draining else 0)
+            | (MessageFlags.WARMING if message.warming else 0)
+            | (MessageFlags.LEAVING if message.leaving else 0)
         )
         return {"type": 3, "flags": int(flags), "body": {"weight": message.weight}}
     key = message.session

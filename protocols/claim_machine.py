@@ -1,0 +1,1000 @@
+"""The claim machine of one member: who serves each new session.
+
+Pure and synchronous, in the manner of aioquic's connection: feed it client
+packets (`handle_client_packet`), claim messages (`handle_message`) and timer
+expiries (`handle_timer`), each with the current time `now`; then carry out the
+actions it returns (`pop_actions`) and wake it again at `next_wakeup()`.
+
+The rule, in plain words:
+
+1. Only a TCP SYN (without ACK), a UDP datagram of an unseen flow or an echo
+   request starts a session. Mid-stream packets of unknown sessions are
+   dropped, never claimed: a member that joins late cannot steal live sessions.
+2. Every member scores the session with weighted rendezvous hashing
+   (`protocols.rendezvous`) using the weights members announce in hellos. The
+   member it ranks first claims at once; the one ranked r claims after
+   r * claim_step, as a backup, and only if it has heard no claim yet. A
+   member that is draining, or whose service does not listen on the port,
+   never claims.
+3. A claimer waits `guard` after its claim. It then serves the session if no
+   claim with a higher (score, member id) and no ownership assertion arrived;
+   otherwise it drops the queued packets. The highest (score, member id) among
+   the claims seen is the same on every member whatever the order they
+   arrived in: there is no "first claim wins".
+4. The winner injects the queued packets and asserts ownership, again after a
+   few short delays. An owner answers every later claim or assertion for its
+   session with an assertion. A claimer that hears an assertion yields.
+5. Two owners exist only when claims were lost. When an owner hears another's
+   assertion, the lower (score, member id) yields and resets its half-open
+   local connection. Members also re-assert their sessions to peers they hear
+   again after a silence (a healed partition) and to new members, which is
+   how late joiners learn existing sessions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from enum import IntEnum
+
+from protocols.classifier import Classified, FragmentKey, FrameKind
+from protocols.rendezvous import effective_weight, rendezvous_score, session_digest_input
+from protocols.session_key import SessionKey
+from protocols.session_table import (
+    CLOSING,
+    FOREIGN,
+    NO_MEMBER,
+    OWNED,
+    PENDING,
+    Session,
+    SessionState,
+    SessionTable,
+)
+from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
+
+TCP = 6
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+_KIND_TCP = FrameKind.TCP
+_KIND_ICMP_ERROR = FrameKind.ICMP_ERROR
+
+
+class Verdict(IntEnum):
+    """What to do with one client packet right now."""
+
+    DROP = 0
+    INJECT = 1  # write it into the local TUN device
+    QUEUED = 2  # the machine keeps it until the claim is decided
+
+
+DROP = Verdict.DROP
+INJECT = Verdict.INJECT
+QUEUED = Verdict.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    message: ClaimMessage
+
+
+@dataclass(frozen=True, slots=True)
+class InjectPackets:
+    """Write these queued packets, in order, into the local TUN device."""
+
+    key: SessionKey
+    packets: tuple[object, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResetLocalSession:
+    """Make the local kernel forget a half-open connection that another member won.
+
+    The shell injects a RST from the client with this sequence number.
+    """
+
+    key: SessionKey
+    sequence: int
+
+
+Action = SendMessage | InjectPackets | ResetLocalSession
+
+
+class SettingsError(ValueError):
+    """A claim setting out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class ClaimSettings:
+    """Timings and bounds of the claim protocol. Times are in seconds."""
+
+    guard: float = 0.004  # a claimer waits this long for rival claims before winning
+    claim_step: float = 0.004  # extra delay per rank for backup claimers
+    max_claim_delay: float = 0.012  # backups ranked further down all claim at this delay
+    # Re-assert after winning; the first repeat lands inside a backup claimer's guard.
+    assertion_repeats: tuple[float, ...] = (0.002, 0.008, 0.032)
+    # After messages from a peer went missing, re-assert the sessions won
+    # meanwhile at these offsets, until one gets through.
+    resync_repeats: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0)
+    reorder_window: float = 0.01  # a counter gap not filled by then is a loss
+    reclaim_after: float = 0.5  # a claim never confirmed may be retried after this
+    hello_interval: float = 1.0
+    member_timeout: float = 3.5  # a member not heard for this long is gone
+    join_grace: float = 2.5  # a new member claims no unseen UDP flows for this long
+    handshake_timeout: float = 10.0  # a TCP session whose client never acknowledged
+    tcp_idle_timeout: float = 3600.0
+    udp_idle_timeout: float = 30.0
+    fin_timeout: float = 10.0  # after the client's FIN
+    max_sessions: int = 65536
+    max_queued_per_session: int = 8
+    max_queued_packets: int = 4096
+    max_queued_bytes: int = 16 * 1024 * 1024
+    max_members: int = 64
+    max_fragments: int = 1024
+    fragment_timeout: float = 5.0
+    resync_rate: float = 20000.0  # assertions per second when re-asserting many sessions
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for item in values:
+                if not isinstance(item, int | float) or not math.isfinite(item) or item < 0:
+                    raise SettingsError(f"{field.name} must be a number >= 0, not {value!r}")
+        if self.guard <= 0 or self.hello_interval <= 0 or self.resync_rate <= 0:
+            raise SettingsError("guard, hello_interval and resync_rate must be above 0")
+        if self.member_timeout <= self.hello_interval:
+            raise SettingsError(
+                f"member_timeout ({self.member_timeout}) must exceed "
+                f"hello_interval ({self.hello_interval})"
+            )
+        for name in ("max_sessions", "max_queued_per_session", "max_queued_packets", "max_members"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+
+
+MAX_MISSING = 64  # a larger gap in a peer's counter is a loss at once
+
+
+class Peer:
+    """Another member, as learned from its messages."""
+
+    __slots__ = (
+        "draining",
+        "first_heard",
+        "gap_since",
+        "in_order_at",
+        "last_counter",
+        "last_heard",
+        "loss_check_at",
+        "member_id",
+        "missing",
+        "warming",
+        "weight",
+    )
+
+    def __init__(self, member_id: int, counter: int, now: float) -> None:
+        self.member_id = member_id
+        self.weight = 1.0
+        self.draining = False
+        self.warming = False
+        self.first_heard = now
+        self.last_heard = now
+        # Loss detection: every message carries the sender's counter, +1 each.
+        self.last_counter = counter
+        self.in_order_at = now  # when every counter so far had arrived
+        self.missing: set[int] = set()
+        self.gap_since = now
+        self.loss_check_at: float | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic counters, for status and metrics."""
+
+    sessions_started: int = 0
+    claims_sent: int = 0
+    claims_received: int = 0
+    claims_won: int = 0
+    claims_lost: int = 0
+    assertions_sent: int = 0
+    assertions_received: int = 0
+    conflicts: int = 0  # another member asserted a session this member owned
+    conflicts_yielded: int = 0  # ... and this member gave it up
+    hellos_sent: int = 0
+    hellos_received: int = 0
+    packets_injected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+DROP_REASONS = (
+    "foreign",  # another member serves the session (the normal case)
+    "not_claimed",  # this member may not claim it: draining, port not listening, warming up
+    "unknown_midstream",  # no session, and not a packet that may start one
+    "lost_claim",  # queued while claiming, then another member won
+    "queue_full",  # the session's or the total queue bound was reached (oldest dropped)
+    "table_full",  # no room for a new session
+    "unknown_fragment",  # a later fragment whose first fragment was never seen
+    "aborted",  # the client reset a session still being claimed
+)
+
+
+class ClaimMachine:
+    """The claim protocol and session table of one member."""
+
+    def __init__(
+        self,
+        member_id: int,
+        settings: ClaimSettings,
+        now: float,
+        *,
+        weight: float = 1.0,
+        load: float = 0.0,
+        draining: bool = False,
+        listening: frozenset[tuple[int, int]] | None = None,
+    ) -> None:
+        self.member_id = member_id
+        self.settings = settings
+        self.counters = Counters()
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self._table = SessionTable(settings.max_sessions)
+        self._peers: dict[int, Peer] = {}
+        # Members given up on, and when they were last heard: if one comes
+        # back it was cut off, not restarted (a restart brings a new id).
+        self._departed: OrderedDict[int, float] = OrderedDict()
+        self._fragments: OrderedDict[FragmentKey, tuple[SessionKey, float]] = OrderedDict()
+        self._actions: list[Action] = []
+        self._counter = 0
+        self._started = now
+        self._weight = weight
+        self._load = load
+        self._draining = draining
+        self._leaving = False
+        self._listening = listening
+        self._announced_weight = effective_weight(weight, load)
+        self._queued_packets = 0
+        self._queued_bytes = 0
+        # Sessions holding queued packets, in the order their queues began.
+        self._queued_sessions: OrderedDict[SessionKey, None] = OrderedDict()
+        self._resync_until = now  # re-assertions are spread out from here on
+        self._loss_check_at: float | None = None  # the earliest peer.loss_check_at
+        self._next_hello_at = now
+        self._send_hello(now)
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle_client_packet(
+        self, record: Classified, packet: object, size: int, now: float
+    ) -> Verdict:
+        """A client packet to the cluster address: inject, drop, or keep it."""
+        key = record.key
+        if key is None:
+            return self._fragment(record, packet, size, now)
+        if record.fragment is not None:
+            self._remember_fragment(record.fragment, key, now)
+        session = self._table.get(key)
+        if session is not None and session.mine:
+            if record.kind is _KIND_TCP and (record.tcp_flags & 0x07 or not session.established):
+                return self._owned_tcp_control(session, record, packet, size, now)
+            session.last_seen = now
+            self.counters.packets_injected += 1
+            return INJECT
+        if record.kind is _KIND_ICMP_ERROR:
+            # Errors only ever follow a session to its owner.
+            self.drops["foreign"] += 1
+            return DROP
+        if session is None:
+            return self._new_session(key, record, packet, size, now)
+        session.last_seen = now
+        if session.state is PENDING:
+            if record.kind is _KIND_TCP and record.tcp_flags & RST:
+                self._discard_queue(session, "aborted")
+                self._remove(session)
+                self.drops["aborted"] += 1
+                return DROP
+            return self._enqueue(session, packet, size)
+        return self._foreign_packet(session, record, packet, size, now)
+
+    def handle_message(self, message: ClaimMessage, now: float) -> None:
+        """A claim, assertion or hello from another member (already authenticated)."""
+        if message.member_id == self.member_id:
+            return  # our own, looped back: never a rival
+        peer = self._peers.get(message.member_id)
+        if peer is not None:
+            peer.last_heard = now
+            self._track_counter(peer, message.counter, now)
+        if isinstance(message, Hello):
+            self._hello(message, now)
+        elif isinstance(message, Claim):
+            self.counters.claims_received += 1
+            self._claim(message, now)
+        else:
+            self.counters.assertions_received += 1
+            self._assertion(message, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that is due at `now`."""
+        while (session := self._table.pop_due(now)) is not None:
+            self._session_timer(session, now)
+        if now >= self._next_hello_at:
+            self._expire_peers(now)
+            self._send_hello(now)
+        if self._loss_check_at is not None and now >= self._loss_check_at:
+            self._loss_check_at = None
+            for peer in list(self._peers.values()):
+                if peer.loss_check_at is not None:
+                    if now >= peer.loss_check_at:
+                        self._check_loss(peer, now)
+                    else:
+                        self._note_loss_check(peer.loss_check_at)
+        self._expire_fragments(now)
+
+    def update_local(
+        self,
+        now: float,
+        *,
+        weight: float | None = None,
+        load: float | None = None,
+        draining: bool | None = None,
+        listening: frozenset[tuple[int, int]] | bool | None = False,
+    ) -> None:
+        """Local facts: configured weight, load, draining, listening ports.
+
+        `listening` is a set of (transport, port) pairs the local service
+        listens on, or None for "everything"; False leaves it unchanged.
+        """
+        if weight is not None:
+            self._weight = weight
+        if load is not None:
+            self._load = load
+        if listening is not False:
+            assert listening is not True
+            self._listening = listening
+        if draining is not None and draining != self._draining:
+            self._draining = draining
+            self._send_hello(now)  # peers stop ranking us at once
+
+    def leave(self, now: float) -> None:
+        """Say goodbye: peers forget this member and its sessions at once."""
+        self._leaving = True
+        self._draining = True
+        self._send_hello(now)
+
+    # ----------------------------------------------------------------- outputs
+
+    def pop_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def next_wakeup(self) -> float:
+        candidates = [self._next_hello_at]
+        deadline = self._table.next_deadline()
+        if deadline is not None:
+            candidates.append(deadline)
+        if self._loss_check_at is not None:
+            candidates.append(self._loss_check_at)
+        if self._fragments:
+            candidates.append(next(iter(self._fragments.values()))[1])
+        return min(candidates)
+
+    # ------------------------------------------------------------ observation
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def is_warming(self, now: float) -> bool:
+        return now < self._started + self.settings.join_grace
+
+    def session(self, key: SessionKey) -> Session | None:
+        return self._table.get(key)
+
+    def owns(self, key: SessionKey) -> bool:
+        """Whether this member serves the session now (injects its packets)."""
+        session = self._table.get(key)
+        return session is not None and session.mine
+
+    def sessions(self) -> list[Session]:
+        return list(self._table)
+
+    def peers(self, now: float) -> list[Peer]:
+        return [peer for peer in self._peers.values() if self._alive(peer, now)]
+
+    def statistics(self) -> dict[str, object]:
+        counts = self._table.counts
+        return {
+            "sessions": len(self._table),
+            "owned": counts[OWNED],
+            "foreign": counts[FOREIGN],
+            "pending": counts[PENDING],
+            "closing": counts[CLOSING],
+            "queued_packets": self._queued_packets,
+            "queued_bytes": self._queued_bytes,
+            "fragments": len(self._fragments),
+            "members": len(self._peers),
+            "timer_entries": self._table.timer_entries,
+            "counters": self.counters.as_dict(),
+            "drops": dict(self.drops),
+        }
+
+    # -------------------------------------------------------- client packets
+
+    def _new_session(
+        self, key: SessionKey, record: Classified, packet: object, size: int, now: float
+    ) -> Verdict:
+        is_tcp = record.kind is _KIND_TCP
+        if is_tcp and record.tcp_flags & (SYN | ACK | RST) != SYN:
+            self.drops["unknown_midstream"] += 1
+            return DROP
+        if record.kind not in (FrameKind.TCP, FrameKind.UDP, FrameKind.ICMP_ECHO):
+            self.drops["unknown_midstream"] += 1
+            return DROP
+        if self._table.is_full and not self._evict_one():
+            self.drops["table_full"] += 1
+            return DROP
+        self.counters.sessions_started += 1
+        session = Session(key, PENDING, now)
+        session.syn_sequence = record.sequence
+        if not self._may_claim(key, now):
+            session.state = FOREIGN
+            self._table.add(session)
+            self._schedule_expiry(session)
+            self.drops["not_claimed"] += 1
+            return DROP
+        self._table.add(session)
+        session.digest_input = session_digest_input(key)
+        session.my_score = rendezvous_score(
+            session.digest_input, self.member_id, self._announced_weight
+        )
+        delay = self._claim_delay(session, now)
+        verdict = self._enqueue(session, packet, size)
+        if delay == 0:
+            self._send_claim(session, now)
+        else:
+            session.claim_at = now + delay
+            self._table.schedule(session, session.claim_at)
+        return verdict
+
+    def _may_claim(self, key: SessionKey, now: float) -> bool:
+        if self._draining or self._announced_weight <= 0:
+            return False
+        if key.transport in (1, 58):
+            return self._may_claim_flows(now)
+        if self._listening is not None and (key.transport, key.cluster_port) not in self._listening:
+            return False
+        return key.transport == TCP or self._may_claim_flows(now)
+
+    def _may_claim_flows(self, now: float) -> bool:
+        """A new member claims no unseen UDP flow until it has learned the live ones.
+
+        Owners re-assert their sessions to a member they hear for the first
+        time, so after `join_grace` it knows them. A member that hears no
+        settled peer (a cold start of the whole cluster) waits only long
+        enough to hear hellos.
+        """
+        if not self.is_warming(now):
+            return True
+        if now < self._started + 1.5 * self.settings.hello_interval:
+            return False
+        return not any(self._alive(peer, now) and not peer.warming for peer in self._peers.values())
+
+    def _claim_delay(self, session: Session, now: float) -> float:
+        step, limit = self.settings.claim_step, self.settings.max_claim_delay
+        mine = (session.my_score, self.member_id)
+        udp_like = session.key.transport != TCP
+        rank = 0
+        for peer in self._peers.values():
+            if peer.draining or peer.weight <= 0 or not self._alive(peer, now):
+                continue
+            if udp_like and peer.warming:
+                continue
+            score = rendezvous_score(session.digest_input, peer.member_id, peer.weight)
+            if (score, peer.member_id) > mine:
+                rank += 1
+                if rank * step >= limit:
+                    return limit
+        return rank * step
+
+    def _enqueue(self, session: Session, packet: object, size: int) -> Verdict:
+        """Keep a packet until the claim is decided; the oldest go first when full."""
+        settings = self.settings
+        if size > settings.max_queued_bytes:
+            self.drops["queue_full"] += 1
+            return DROP
+        if len(session.queue) >= settings.max_queued_per_session:
+            self._drop_oldest_queued(session)
+        while (
+            self._queued_packets >= settings.max_queued_packets
+            or self._queued_bytes + size > settings.max_queued_bytes
+        ):
+            oldest = self._table.get(next(iter(self._queued_sessions)))
+            assert oldest is not None
+            self._drop_oldest_queued(oldest)
+        if not session.queue:
+            self._queued_sessions[session.key] = None
+        session.queue.append((packet, size))
+        session.queued_bytes += size
+        self._queued_packets += 1
+        self._queued_bytes += size
+        return QUEUED
+
+    def _drop_oldest_queued(self, session: Session) -> None:
+        _, size = session.queue.popleft()
+        session.queued_bytes -= size
+        self._queued_packets -= 1
+        self._queued_bytes -= size
+        self.drops["queue_full"] += 1
+        if not session.queue:
+            del self._queued_sessions[session.key]
+
+    def _discard_queue(self, session: Session, reason: str) -> None:
+        self.drops[reason] += len(session.queue)
+        self._take_queue(session)
+
+    def _take_queue(self, session: Session) -> tuple[object, ...]:
+        packets = tuple(packet for packet, _ in session.queue)
+        self._queued_packets -= len(session.queue)
+        self._queued_bytes -= session.queued_bytes
+        session.queue.clear()
+        session.queued_bytes = 0
+        self._queued_sessions.pop(session.key, None)
+        return packets
+
+    def _owned_tcp_control(
+        self, session: Session, record: Classified, packet: object, size: int, now: float
+    ) -> Verdict:
+        """A TCP packet of an owned session that changes its state."""
+        flags = record.tcp_flags
+        session.last_seen = now
+        self.counters.packets_injected += 1
+        if flags & RST:
+            self._remove(session)
+            return INJECT
+        if flags & SYN and not flags & ACK:
+            if session.state is CLOSING and record.sequence != session.syn_sequence:
+                # The client reuses the port for a new connection: start afresh.
+                self._remove(session)
+                self.counters.packets_injected -= 1
+                return self._new_session(session.key, record, packet, size, now)
+            return INJECT  # a retransmitted SYN: the local kernel answers it again
+        if flags & ACK and not session.established:
+            self._table.mark_established(session)
+        if flags & FIN and session.state is not CLOSING:
+            self._table.set_state(session, CLOSING)
+            self._table.schedule(session, now + self.settings.fin_timeout)
+        return INJECT
+
+    def _foreign_packet(
+        self, session: Session, record: Classified, packet: object, size: int, now: float
+    ) -> Verdict:
+        if record.kind is _KIND_TCP:
+            flags = record.tcp_flags
+            if flags & RST:
+                self._remove(session)
+            elif flags & SYN and not flags & ACK:
+                if session.state is CLOSING and record.sequence != session.syn_sequence:
+                    self._remove(session)
+                    return self._new_session(session.key, record, packet, size, now)
+                if self._unconfirmed(session, now):
+                    # Nobody confirmed this session and the client is still
+                    # knocking: whoever claimed it is gone or lost its claim.
+                    self._remove(session)
+                    return self._new_session(session.key, record, packet, size, now)
+            elif flags & FIN and session.state is FOREIGN:
+                self._table.set_state(session, CLOSING)
+                self._table.schedule(session, now + self.settings.fin_timeout)
+            elif flags & ACK and not session.established:
+                self._table.mark_established(session)
+        elif self._unconfirmed(session, now):
+            self._remove(session)
+            return self._new_session(session.key, record, packet, size, now)
+        self.drops["foreign" if session.owner != NO_MEMBER else "not_claimed"] += 1
+        return DROP
+
+    def _unconfirmed(self, session: Session, now: float) -> bool:
+        """No owner asserted this session, and the last claim is old news."""
+        return (
+            not session.owner_asserted
+            and now - session.owner_heard_at >= self.settings.reclaim_after
+            and not session.established
+        )
+
+    def _fragment(self, record: Classified, packet: object, size: int, now: float) -> Verdict:
+        fragment = record.fragment
+        entry = self._fragments.get(fragment) if fragment is not None else None
+        if entry is None:
+            self.drops["unknown_fragment"] += 1
+            return DROP
+        session = self._table.get(entry[0])
+        if session is None or not session.mine:
+            self.drops["foreign"] += 1
+            return DROP
+        session.last_seen = now
+        self.counters.packets_injected += 1
+        return INJECT
+
+    def _remember_fragment(self, fragment: FragmentKey, key: SessionKey, now: float) -> None:
+        self._fragments.pop(fragment, None)
+        self._fragments[fragment] = (key, now + self.settings.fragment_timeout)
+        if len(self._fragments) > self.settings.max_fragments:
+            self._fragments.popitem(last=False)
+
+    def _expire_fragments(self, now: float) -> None:
+        while self._fragments:
+            fragment, (_, expires) = next(iter(self._fragments.items()))
+            if expires > now:
+                return
+            del self._fragments[fragment]
+
+    # ------------------------------------------------------------- messages
+
+    def _hello(self, hello: Hello, now: float) -> None:
+        self.counters.hellos_received += 1
+        peer = self._peers.get(hello.member_id)
+        if hello.leaving:
+            if peer is not None:
+                self._forget_peer(peer)
+            return
+        if peer is None:
+            if len(self._peers) >= self.settings.max_members:
+                oldest = min(self._peers.values(), key=lambda candidate: candidate.last_heard)
+                self._forget_peer(oldest)
+            peer = self._peers[hello.member_id] = Peer(hello.member_id, hello.counter, now)
+            last_heard = self._departed.pop(hello.member_id, None)
+            if last_heard is None:
+                # A newcomer learns the running sessions from their owners.
+                self._reassert(since=None, plan=(0.0,), now=now)
+            else:
+                # A member we had given up on (a partition): everything it
+                # sent since is lost, as in a counter gap.
+                peer.gap_since = last_heard
+                self._messages_lost(peer, now)
+            self._send_hello(now, scheduled=False)  # let the newcomer rank us at once
+        peer.weight = hello.weight
+        peer.draining = hello.draining
+        peer.warming = hello.warming
+
+    def _claim(self, claim: Claim, now: float) -> None:
+        session = self._table.get(claim.session)
+        bid = (claim.score, claim.member_id)
+        if session is None:
+            # The claim outran the client's packet (or we never see that
+            # packet): remember it, so that we never claim this session.
+            self._learn_session(claim.session, claim.member_id, claim.score, False, now)
+            return
+        if session.mine:
+            self._answer(session, now)
+            return
+        if session.state is PENDING:
+            if bid > (session.owner_score, session.owner):
+                session.owner, session.owner_score = claim.member_id, claim.score
+                session.owner_heard_at = now
+            if not session.claim_sent:
+                # Someone claimed before our turn: stay silent.
+                self._lose(session, now)
+            return
+        if not session.owner_asserted and bid > (session.owner_score, session.owner):
+            session.owner, session.owner_score = claim.member_id, claim.score
+            session.owner_heard_at = now
+
+    def _assertion(self, assertion: Assertion, now: float) -> None:
+        session = self._table.get(assertion.session)
+        bid = (assertion.score, assertion.member_id)
+        if session is None:
+            self._learn_session(assertion.session, assertion.member_id, assertion.score, True, now)
+            return
+        if session.mine:
+            self.counters.conflicts += 1
+            if bid > (session.my_score, self.member_id):
+                self.counters.conflicts_yielded += 1
+                if session.key.transport == TCP:
+                    self._actions.append(
+                        ResetLocalSession(session.key, (session.syn_sequence + 1) & 0xFFFFFFFF)
+                    )
+                session.mine = False
+                session.owner, session.owner_score = assertion.member_id, assertion.score
+                session.owner_asserted, session.owner_heard_at = True, now
+                session.next_assertion_at = None
+                if session.state is OWNED:
+                    self._table.set_state(session, FOREIGN)
+                self._schedule_expiry(session)
+            else:
+                self._answer(session, now)
+            return
+        if session.state is PENDING:
+            session.owner, session.owner_score = assertion.member_id, assertion.score
+            session.owner_asserted, session.owner_heard_at = True, now
+            self._lose(session, now)
+            return
+        # A bystander keeps the best asserted owner: after a conflict it is
+        # the one that stays.
+        if not session.owner_asserted or bid > (session.owner_score, session.owner):
+            session.owner, session.owner_score = assertion.member_id, assertion.score
+            session.owner_heard_at = now
+        session.owner_asserted = True
+
+    def _learn_session(
+        self, key: SessionKey, owner: int, score: float, asserted: bool, now: float
+    ) -> None:
+        if self._table.is_full and not self._evict_one():
+            return
+        session = Session(key, FOREIGN, now)
+        session.owner, session.owner_score = owner, score
+        session.owner_asserted = asserted
+        if asserted:
+            # Only a session that already runs is asserted; its client may
+            # never send another start packet, so it counts as established.
+            session.established = True
+        self._table.add(session)
+        self._schedule_expiry(session)
+
+    def _answer(self, session: Session, now: float) -> None:
+        """Tell a rival that this member owns the session (at most once per guard)."""
+        if now - session.answered_at >= self.settings.guard:
+            session.answered_at = now
+            self._send_assertion(session)
+
+    # --------------------------------------------------------------- timers
+
+    def _session_timer(self, session: Session, now: float) -> None:
+        state = session.state
+        if state is PENDING:
+            if session.claim_at is not None and now >= session.claim_at and not session.claim_sent:
+                self._send_claim(session, now)
+            elif session.decide_at is not None and now >= session.decide_at:
+                self._decide(session, now)
+            else:
+                self._reschedule_pending(session)
+            return
+        if (
+            session.mine
+            and session.next_assertion_at is not None
+            and now >= session.next_assertion_at
+        ):
+            self._send_assertion(session)
+            self._next_repeat(session)
+        expires = self._expiry(session)
+        if now >= expires:
+            self._remove(session)
+            return
+        if session.mine and session.next_assertion_at is not None:
+            expires = min(expires, session.next_assertion_at)
+        self._table.schedule(session, expires)
+
+    def _reschedule_pending(self, session: Session) -> None:
+        at = session.decide_at if session.claim_sent else session.claim_at
+        if at is not None:
+            self._table.schedule(session, at)
+
+    def _expiry(self, session: Session) -> float:
+        settings = self.settings
+        if session.state is CLOSING:
+            return session.last_seen + settings.fin_timeout
+        if session.key.transport != TCP:
+            return session.last_seen + settings.udp_idle_timeout
+        if not session.established:
+            return session.last_seen + settings.handshake_timeout
+        return session.last_seen + settings.tcp_idle_timeout
+
+    def _schedule_expiry(self, session: Session) -> None:
+        self._table.schedule(session, self._expiry(session))
+
+    def _send_claim(self, session: Session, now: float) -> None:
+        session.claim_sent = True
+        session.claim_at = None
+        session.decide_at = now + self.settings.guard
+        self._table.schedule(session, session.decide_at)
+        self.counters.claims_sent += 1
+        self._send(Claim(self.member_id, self._next_counter(), session.key, session.my_score))
+
+    def _decide(self, session: Session, now: float) -> None:
+        rival = (session.owner_score, session.owner)
+        if session.owner != NO_MEMBER and rival > (session.my_score, self.member_id):
+            self._lose(session, now)
+            return
+        self.counters.claims_won += 1
+        session.mine = True
+        session.owner, session.owner_score = self.member_id, session.my_score
+        session.owner_asserted = True
+        session.decide_at = None
+        session.won_at = now
+        self._table.set_state(session, OWNED)
+        if session.key.transport != TCP:
+            self._table.mark_established(session)
+        packets = self._take_queue(session)
+        if packets:
+            self.counters.packets_injected += len(packets)
+            self._actions.append(InjectPackets(session.key, packets))
+        self._send_assertion(session)
+        session.repeat_base = now
+        session.repeat_plan = self.settings.assertion_repeats
+        session.repeat_index = 0
+        self._next_repeat(session)
+        if session.next_assertion_at is not None:
+            self._table.schedule(session, session.next_assertion_at)
+        self._schedule_expiry(session)
+
+    def _next_repeat(self, session: Session) -> None:
+        plan = session.repeat_plan
+        if session.repeat_index >= len(plan):
+            session.next_assertion_at = None
+            return
+        session.next_assertion_at = session.repeat_base + plan[session.repeat_index]
+        session.repeat_index += 1
+
+    def _lose(self, session: Session, now: float) -> None:
+        if session.claim_sent:
+            self.counters.claims_lost += 1
+        self._discard_queue(session, "lost_claim")
+        session.claim_at = session.decide_at = None
+        self._table.set_state(session, FOREIGN)
+        self._schedule_expiry(session)
+
+    def _send_assertion(self, session: Session) -> None:
+        self.counters.assertions_sent += 1
+        self._send(Assertion(self.member_id, self._next_counter(), session.key, session.my_score))
+
+    # ----------------------------------------------------------------- peers
+
+    def _alive(self, peer: Peer, now: float) -> bool:
+        return now - peer.last_heard <= self.settings.member_timeout
+
+    def _expire_peers(self, now: float) -> None:
+        for peer in list(self._peers.values()):
+            if not self._alive(peer, now):
+                self._forget_peer(peer)
+
+    def _forget_peer(self, peer: Peer) -> None:
+        """A member is gone, and so are its sessions: its kernel state died with it.
+
+        Forgetting them lets a UDP flow of a dead owner be claimed afresh;
+        mid-stream TCP packets of its sessions stay unclaimable.
+        """
+        del self._peers[peer.member_id]
+        self._departed[peer.member_id] = peer.last_heard
+        if len(self._departed) > self.settings.max_members:
+            self._departed.popitem(last=False)
+        for session in self._table:
+            if not session.mine and session.owner == peer.member_id:
+                if session.state is PENDING:
+                    # Its claim no longer competes with ours.
+                    session.owner, session.owner_score = NO_MEMBER, -1.0
+                else:
+                    self._remove(session)
+
+    def _send_hello(self, now: float, *, scheduled: bool = True) -> None:
+        if scheduled:
+            self._announced_weight = effective_weight(self._weight, self._load)
+            self._next_hello_at = now + self.settings.hello_interval
+        self.counters.hellos_sent += 1
+        self._send(
+            Hello(
+                self.member_id,
+                self._next_counter(),
+                0.0 if self._leaving else self._announced_weight,
+                draining=self._draining,
+                warming=self.is_warming(now),
+                leaving=self._leaving,
+            )
+        )
+
+    def _track_counter(self, peer: Peer, counter: int, now: float) -> None:
+        """Notice messages from `peer` that never arrived.
+
+        A gap in the counter may be reordering; it is a loss only if still
+        open after `reorder_window`.
+        """
+        last = peer.last_counter
+        if counter > last:
+            if counter > last + 1:
+                if not peer.missing:
+                    peer.gap_since = peer.in_order_at
+                if len(peer.missing) + counter - last - 1 > MAX_MISSING:
+                    peer.missing.clear()
+                    self._messages_lost(peer, now)
+                else:
+                    peer.missing.update(range(last + 1, counter))
+                    if peer.loss_check_at is None:
+                        peer.loss_check_at = now + self.settings.reorder_window
+                        self._note_loss_check(peer.loss_check_at)
+            peer.last_counter = counter
+        else:
+            peer.missing.discard(counter)
+        if not peer.missing:
+            peer.in_order_at = now
+            peer.loss_check_at = None
+
+    def _note_loss_check(self, at: float) -> None:
+        if self._loss_check_at is None or at < self._loss_check_at:
+            self._loss_check_at = at
+
+    def _check_loss(self, peer: Peer, now: float) -> None:
+        peer.loss_check_at = None
+        if peer.missing:
+            peer.missing.clear()
+            self._messages_lost(peer, now)
+
+    def _messages_lost(self, peer: Peer, now: float) -> None:
+        """Some of `peer`'s messages are lost: perhaps a claim for a session we
+        won meanwhile. Re-assert those sessions until one assertion gets through;
+        if the peer owns one too, the lower bid yields.
+        """
+        peer.in_order_at = now
+        self._reassert(
+            since=peer.gap_since - self.settings.guard,
+            plan=self.settings.resync_repeats,
+            now=now,
+        )
+
+    def _reassert(self, *, since: float | None, plan: tuple[float, ...], now: float) -> None:
+        """Assert owned sessions won since `since` (all if None) on `plan`,
+        spread out at `resync_rate` so a large table does not burst."""
+        spacing = 1.0 / self.settings.resync_rate
+        start = max(now, self._resync_until)
+        for session in self._table:
+            if not session.mine or session.won_at is None or not plan:
+                continue
+            if since is not None and session.won_at < since:
+                continue
+            if session.next_assertion_at is not None and len(plan) <= len(session.repeat_plan):
+                continue  # already on a plan at least as long: it reaches everyone
+            session.repeat_base = start
+            session.repeat_plan = plan
+            session.repeat_index = 0
+            self._next_repeat(session)
+            if session.next_assertion_at is not None:
+                self._table.schedule(session, session.next_assertion_at)
+            start += spacing
+        self._resync_until = start
+
+    # ----------------------------------------------------------------- table
+
+    def _evict_one(self) -> bool:
+        """Make room by forgetting the oldest session that never got established."""
+        victim = self._table.oldest_unestablished()
+        if victim is None:
+            return False
+        self._discard_queue(victim, "table_full")
+        self._remove(victim)
+        return True
+
+    def _remove(self, session: Session) -> None:
+        if session.queue:
+            self._discard_queue(session, "aborted")
+        self._table.remove(session)
+
+    def _send(self, message: ClaimMessage) -> None:
+        self._actions.append(SendMessage(message))
+
+    def _next_counter(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def bound_violation(self) -> str | None:
+        """The first table bound that does not hold, or None (checked by the simulator)."""
+        settings = self.settings
+        table = self._table
+        if len(table) > settings.max_sessions:
+            return f"sessions: {len(table)} > {settings.max_sessions}"
+        if self._queued_packets > settings.max_queued_packets:
+            return f"queued packets: {self._queued_packets} > {settings.max_queued_packets}"
+        if self._queued_bytes > settings.max_queued_bytes:
+            return f"queued bytes: {self._queued_bytes} > {settings.max_queued_bytes}"
+        if len(self._peers) > settings.max_members:
+            return f"members: {len(self._peers)} > {settings.max_members}"
+        if len(self._fragments) > settings.max_fragments:
+            return f"fragments: {len(self._fragments)} > {settings.max_fragments}"
+        if table.timer_entries > 4 * len(table) + 1025:
+            return f"timer entries: {table.timer_entries} for {len(table)} sessions"
+        for key in self._queued_sessions:
+            session = table.get(key)
+            if session is None or not session.queue:
+                return f"queue bookkeeping lost {key}"
+            if len(session.queue) > settings.max_queued_per_session:
+                return f"queue of {key}: {len(session.queue)} packets"
+        return None
+
+    @property
+    def state_counts(self) -> dict[SessionState, int]:
+        return dict(self._table.counts)

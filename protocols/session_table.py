@@ -1,0 +1,203 @@
+"""The bounded session table of one member, with lazy timers.
+
+It owns the records and the bookkeeping (counts by state, the timer heap,
+eviction order) but no protocol rules: `protocols.claim_machine` decides what
+happens to a session. Nothing here reads a clock; deadlines are plain floats.
+
+Timers are lazy: a session has at most one live entry in the heap (its
+`timer_at`); entries whose deadline no longer matches are skipped when they
+surface. Idle expiry is not rescheduled on every packet: when an expiry
+surfaces, the machine recomputes it from `last_seen` and reschedules if the
+session was active since.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from enum import Enum
+
+from protocols.session_key import SessionKey
+
+
+class SessionState(Enum):
+    PENDING = "pending"  # a claim is being decided; packets wait in the queue
+    OWNED = "owned"  # this member serves it: packets go to the local kernel
+    FOREIGN = "foreign"  # another member serves it (or nobody yet): packets are dropped
+    CLOSING = "closing"  # the client sent FIN: kept for fin_timeout, then forgotten
+
+
+PENDING = SessionState.PENDING
+OWNED = SessionState.OWNED
+FOREIGN = SessionState.FOREIGN
+CLOSING = SessionState.CLOSING
+
+NO_MEMBER = -1
+
+
+class Session:
+    """One session as this member sees it."""
+
+    __slots__ = (
+        "answered_at",
+        "claim_at",
+        "claim_sent",
+        "decide_at",
+        "digest_input",
+        "established",
+        "key",
+        "last_seen",
+        "mine",
+        "my_score",
+        "next_assertion_at",
+        "owner",
+        "owner_asserted",
+        "owner_heard_at",
+        "owner_score",
+        "queue",
+        "queued_bytes",
+        "repeat_base",
+        "repeat_index",
+        "repeat_plan",
+        "started",
+        "state",
+        "syn_sequence",
+        "timer_at",
+        "won_at",
+    )
+
+    def __init__(self, key: SessionKey, state: SessionState, now: float) -> None:
+        self.key = key
+        self.state = state
+        self.started = now
+        self.last_seen = now
+        # Ownership: `mine` is true while this member serves it (OWNED, or
+        # CLOSING after OWNED). Otherwise `owner` is the best claim or
+        # assertion heard, NO_MEMBER when none was.
+        self.mine = False
+        self.owner = NO_MEMBER
+        self.owner_score = -1.0
+        self.owner_asserted = False
+        self.owner_heard_at = now
+        # This member's own bid.
+        self.digest_input = b""
+        self.my_score = 0.0
+        self.claim_sent = False
+        self.claim_at: float | None = None
+        self.decide_at: float | None = None
+        self.won_at: float | None = None
+        # Repeated assertions: at repeat_base + each offset of repeat_plan.
+        self.next_assertion_at: float | None = None
+        self.repeat_base = 0.0
+        self.repeat_plan: tuple[float, ...] = ()
+        self.repeat_index = 0
+        self.answered_at = -1.0  # when this member last answered a rival for it
+        # TCP: the client's initial sequence number, and whether the client has
+        # acknowledged (handshake done). UDP flows count as established at once.
+        self.syn_sequence = 0
+        self.established = False
+        self.queue: deque[tuple[object, int]] = deque()  # (packet, size)
+        self.queued_bytes = 0
+        self.timer_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.key} {self.state.value} owner={self.owner:x} mine={self.mine}>"
+
+
+class SessionTable:
+    """Sessions by key, bounded, with a timer heap and counts by state."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: dict[SessionKey, Session] = {}
+        self._timers: list[tuple[float, int, SessionKey]] = []
+        self._serial = 0
+        # Sessions not yet established, oldest first: the first to evict when
+        # the table is full (a SYN flood fills exactly these).
+        self._unestablished: OrderedDict[SessionKey, None] = OrderedDict()
+        self.counts = dict.fromkeys(SessionState, 0)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, key: SessionKey) -> Session | None:
+        return self._sessions.get(key)
+
+    @property
+    def is_full(self) -> bool:
+        return len(self._sessions) >= self.max_sessions
+
+    def add(self, session: Session) -> None:
+        assert session.key not in self._sessions and not self.is_full
+        self._sessions[session.key] = session
+        self.counts[session.state] += 1
+        if not session.established:
+            self._unestablished[session.key] = None
+
+    def oldest_unestablished(self) -> Session | None:
+        for key in self._unestablished:
+            return self._sessions[key]
+        return None
+
+    def remove(self, session: Session) -> None:
+        if self._sessions.pop(session.key, None) is session:
+            self.counts[session.state] -= 1
+            self._unestablished.pop(session.key, None)
+            session.timer_at = None
+
+    def set_state(self, session: Session, state: SessionState) -> None:
+        self.counts[session.state] -= 1
+        session.state = state
+        self.counts[state] += 1
+
+    def mark_established(self, session: Session) -> None:
+        session.established = True
+        self._unestablished.pop(session.key, None)
+
+    def schedule(self, session: Session, at: float) -> None:
+        """Wake `session` at `at`, unless it is already due to wake earlier."""
+        if session.timer_at is not None and session.timer_at <= at:
+            return
+        session.timer_at = at
+        self._serial += 1
+        heapq.heappush(self._timers, (at, self._serial, session.key))
+        if len(self._timers) > 4 * len(self._sessions) + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        self._timers = [
+            (session.timer_at, index, session.key)
+            for index, session in enumerate(self._sessions.values())
+            if session.timer_at is not None
+        ]
+        heapq.heapify(self._timers)
+        self._serial = len(self._timers)
+
+    def next_deadline(self) -> float | None:
+        timers = self._timers
+        while timers:
+            at, _, key = timers[0]
+            session = self._sessions.get(key)
+            if session is not None and session.timer_at == at:
+                return at
+            heapq.heappop(timers)
+        return None
+
+    def pop_due(self, now: float) -> Session | None:
+        """The next session whose timer is due at `now`, its timer cleared."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            at, _, key = heapq.heappop(timers)
+            session = self._sessions.get(key)
+            if session is not None and session.timer_at == at:
+                session.timer_at = None
+                return session
+        return None
+
+    @property
+    def timer_entries(self) -> int:
+        return len(self._timers)
