@@ -123,7 +123,7 @@ class ClaimSettings:
     handshake_timeout: float = 10.0  # a TCP session whose client never acknowledged
     tcp_idle_timeout: float = 3600.0
     udp_idle_timeout: float = 30.0
-    fin_timeout: float = 10.0  # after the client's FIN
+    fin_timeout: float = 10.0  # after the client's FIN, counted from its last packet
     max_sessions: int = 65536
     max_queued_per_session: int = 8
     max_queued_packets: int = 4096
@@ -315,8 +315,6 @@ class ClaimMachine:
 
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at `now`."""
-        while (session := self._table.pop_due(now)) is not None:
-            self._session_timer(session, now)
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
@@ -328,6 +326,9 @@ class ClaimMachine:
                         self._check_loss(peer, now)
                     else:
                         self._note_loss_check(peer.loss_check_at)
+        # Sessions last: the checks above may have made some due right now.
+        while (session := self._table.pop_due(now)) is not None:
+            self._session_timer(session, now)
         self._expire_fragments(now)
 
     def update_local(
