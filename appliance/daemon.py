@@ -1,0 +1,317 @@
+"""`appliance-ctl run`: the daemon, one trio root nursery owning every service.
+
+Start-up order: claim the control socket (one daemon per namespace), make
+sure the bridge exists, create the TAP (in the bridge) and the TUN (with the
+cluster IP), then start the data plane, the control socket, the local-facts
+refresher, announcements, metrics and the systemd watchdog, and only then
+tell systemd READY. SIGINT and SIGTERM cancel the nursery; the daemon says
+goodbye to its peers and closes its devices, which removes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import trio
+
+from appliance.config import Config
+from appliance.control import ControlServer
+from appliance.dataplane import DataPlane
+from appliance.devices import TapDevice, TunDevice
+from appliance.errors import UserError
+from appliance.frames import FrameBuilder
+from appliance.listening import listening_ports
+from appliance.metrics import MetricsServer
+from appliance.netlink import (
+    address_in_use,
+    attach_tap,
+    bridge_facts,
+    bridge_interface,
+    configure_tun,
+)
+from appliance.notify import Notifier
+from protocols.claim_auth import ClaimAuthenticator
+from protocols.claim_machine import ClaimMachine
+from protocols.classifier import Classifier
+from protocols.cluster_mac import cluster_mac
+from protocols.rendezvous import effective_weight
+from protocols.session_table import PENDING
+
+log = logging.getLogger("appliance")
+
+FACTS_INTERVAL = 1.0
+ANNOUNCEMENTS = 3
+STATUS_INTERVAL = 10.0
+MAX_SESSIONS_LISTED = 10_000
+
+
+def current_load() -> float:
+    """The 1-minute load average per CPU: 0 idle, about 1 when every CPU is busy."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
+
+
+class Daemon:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.cluster_mac = cluster_mac(
+            config.cluster_ip, multicast=config.cluster_mac_mode == "multicast"
+        )
+        self.member_id = int.from_bytes(os.urandom(8), "big")
+        self.started_wall = time.time()
+        self.plane: DataPlane | None = None
+
+    @property
+    def machine(self) -> ClaimMachine:
+        assert self.plane is not None
+        return self.plane.machine
+
+    async def run(self) -> None:
+        config = self.config
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            control = ControlServer(config.control_socket, self.handle_control)
+            await control.bind()
+            report = await trio.to_thread.run_sync(
+                bridge_interface, config.interface, config.bridge
+            )
+            log.info("%s", report)
+            holder = await trio.to_thread.run_sync(
+                address_in_use, config.cluster_ip, config.tun_name
+            )
+            if holder is not None:
+                raise UserError(
+                    f"{config.cluster_ip} is already an address of {holder}; the cluster IP "
+                    "must live only on the appliance's TUN device"
+                )
+            key = config.claim_key()
+            facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
+            tap = TapDevice(config.tap_name, offloads=config.offloads)
+            try:
+                tun = TunDevice(config.tun_name, offloads=config.offloads)
+                try:
+                    await trio.to_thread.run_sync(attach_tap, tap.name, config.bridge, facts.mtu)
+                    await trio.to_thread.run_sync(
+                        configure_tun, tun.name, config.cluster_ip, facts.mtu
+                    )
+                    await self._serve(control, tap, tun, facts.ipv4, key, signals)
+                finally:
+                    tun.close()
+            finally:
+                tap.close()
+                self.notifier.stopping()
+                log.info("stopped; %s and %s removed", config.tap_name, config.tun_name)
+
+    async def _serve(
+        self,
+        control: ControlServer,
+        tap: TapDevice,
+        tun: TunDevice,
+        member_ip: object,
+        key: bytes | None,
+        signals: Any,
+    ) -> None:
+        config = self.config
+        now = trio.current_time()
+        machine = ClaimMachine(
+            self.member_id,
+            config.claim_settings(),
+            now,
+            weight=config.weight,
+            load=current_load() if config.load_aware else 0.0,
+            listening=listening_ports(config.cluster_ip),
+        )
+        builder = FrameBuilder(
+            own_mac=tap.mac,
+            cluster_mac=self.cluster_mac,
+            cluster_ip=config.cluster_ip,
+            member_ip=member_ip,  # type: ignore[arg-type]
+            claim_protocol=config.claim_protocol,
+        )
+        self.plane = DataPlane(
+            tap=tap,
+            tun=tun,
+            machine=machine,
+            classifier=Classifier([config.cluster_ip.packed], config.claim_protocol),
+            builder=builder,
+            authenticator=ClaimAuthenticator(key),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
+                await nursery.start(self.plane.run)
+                await nursery.start(control.serve)
+                if config.metrics_listen:
+                    metrics = MetricsServer(
+                        config.metrics_listen, lambda: self.status(trio.current_time())
+                    )
+                    await nursery.start(metrics.serve)
+                nursery.start_soon(self._refresh_local_facts)
+                nursery.start_soon(self._announce)
+                nursery.start_soon(self._report_to_systemd)
+                log.info(
+                    "serving %s (cluster MAC %s) on %s as member %016x, weight %g%s",
+                    config.cluster_ip,
+                    self.cluster_mac,
+                    config.bridge,
+                    self.member_id,
+                    config.weight,
+                    ", claims authenticated" if key else "",
+                )
+                self.notifier.ready(self.status_line())
+        finally:
+            # Say goodbye, so peers stop waiting for this member at once.
+            machine.leave(trio.current_time())
+            self.plane.carry_out()
+
+    async def _watch_signals(self, signals: Any, scope: trio.CancelScope) -> None:
+        async for number in signals:
+            log.info("received %s; stopping", signal.Signals(number).name)
+            scope.cancel()
+            return
+
+    async def _refresh_local_facts(self) -> None:
+        config = self.config
+        while True:
+            await trio.sleep(FACTS_INTERVAL)
+            listening = listening_ports(config.cluster_ip)
+            self.machine.update_local(
+                trio.current_time(),
+                load=current_load() if config.load_aware else 0.0,
+                listening=listening,
+            )
+
+    async def _announce(self) -> None:
+        assert self.plane is not None
+        for _ in range(ANNOUNCEMENTS):
+            self.plane.announce()
+            await trio.sleep(1.0)
+
+    async def _report_to_systemd(self) -> None:
+        interval = self.notifier.watchdog_interval
+        next_status = trio.current_time() + STATUS_INTERVAL
+        while True:
+            if interval is not None:
+                # Pinged from the trio loop itself: a wedged loop stops the pings.
+                self.notifier.watchdog()
+            now = trio.current_time()
+            if now >= next_status:
+                self.notifier.status(self.status_line())
+                next_status = now + STATUS_INTERVAL
+            await trio.sleep(min(interval or STATUS_INTERVAL, STATUS_INTERVAL))
+
+    # ---------------------------------------------------------------- control
+
+    def status_line(self) -> str:
+        if self.plane is None:
+            return "starting"
+        statistics = self.machine.statistics()
+        members = len(self.machine.peers(trio.current_time())) + 1
+        state = "draining" if self.machine.draining else "serving"
+        return (
+            f"{state} {self.config.cluster_ip}: {statistics['owned']} sessions owned, "
+            f"{members} members"
+        )
+
+    def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request["command"]
+        if self.plane is None:
+            return {"error": "the daemon is still starting"}
+        now = trio.current_time()
+        if command == "status":
+            return self.status(now)
+        if command == "sessions":
+            return self.sessions(now, int(request.get("limit", 1000)))
+        if command in ("drain", "undrain"):
+            self.machine.update_local(now, draining=command == "drain")
+            self.plane.wake()
+            log.info("%s requested over the control socket", command)
+            return self.status(now)
+        return {"error": f"unknown command {command!r}"}
+
+    def status(self, now: float) -> dict[str, Any]:
+        assert self.plane is not None
+        machine = self.machine
+        statistics = machine.statistics()
+        owners: dict[int, int] = {}
+        for session in machine.sessions():
+            owner = self.member_id if session.mine else session.owner
+            if session.state is not PENDING and owner >= 0:
+                owners[owner] = owners.get(owner, 0) + 1
+        total = sum(owners.values()) or 1
+        config = self.config
+        members = [
+            {
+                "member_id": f"{self.member_id:016x}",
+                "self": True,
+                "address": str(self.plane.builder.member_ip),
+                "last_seen": 0.0,
+                "weight": effective_weight(
+                    config.weight, current_load() if config.load_aware else 0.0
+                ),
+                "draining": machine.draining,
+                "share": owners.get(self.member_id, 0) / total,
+            }
+        ]
+        for peer in machine.peers(now):
+            members.append(
+                {
+                    "member_id": f"{peer.member_id:016x}",
+                    "self": False,
+                    "address": self.plane.addresses.get(peer.member_id),
+                    "last_seen": round(now - peer.last_heard, 3),
+                    "weight": peer.weight,
+                    "draining": peer.draining,
+                    "share": owners.get(peer.member_id, 0) / total,
+                }
+            )
+        return {
+            "cluster_ip": str(config.cluster_ip),
+            "cluster_mac": str(self.cluster_mac),
+            "member_id": f"{self.member_id:016x}",
+            "interface": config.interface,
+            "bridge": config.bridge,
+            "uptime": round(time.time() - self.started_wall, 1),
+            "draining": machine.draining,
+            "drained": machine.draining and statistics["owned"] == 0 and statistics["closing"] == 0,
+            "warming": machine.is_warming(now),
+            "authenticated": self.plane.authenticator.enabled,
+            "members": members,
+            "sessions": {
+                "owned": statistics["owned"],
+                "foreign": statistics["foreign"],
+                "pending": statistics["pending"],
+                "closing": statistics["closing"],
+                "total": statistics["sessions"],
+            },
+            "queued": {
+                "packets": statistics["queued_packets"],
+                "bytes": statistics["queued_bytes"],
+            },
+            "counters": statistics["counters"],
+            "drops": statistics["drops"],
+            "frames": self.plane.counters.as_dict(),
+        }
+
+    def sessions(self, now: float, limit: int) -> dict[str, Any]:
+        listed = []
+        sessions = self.machine.sessions()
+        for session in sessions[: max(0, min(limit, MAX_SESSIONS_LISTED))]:
+            owner = self.member_id if session.mine else session.owner
+            listed.append(
+                {
+                    "session": str(session.key),
+                    "state": session.state.value,
+                    "owner": f"{owner:016x}" if owner >= 0 else None,
+                    "mine": session.mine,
+                    "age": round(now - session.started, 3),
+                    "idle": round(now - session.last_seen, 3),
+                }
+            )
+        return {"sessions": listed, "total": len(sessions), "member_id": f"{self.member_id:016x}"}

@@ -1,0 +1,207 @@
+"""The data plane: frames from the TAP through the classifier and the claim machine.
+
+One trio task. Each time the TAP is readable (or the machine's timer is
+due) it drains the TAP in a batch, without awaiting between frames, then runs
+the machine's timers, then carries out what the machine asked for. Draining
+before the timers matters: a claim decided at the end of its guard window
+has seen every rival claim that reached this host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+
+import trio
+
+from appliance.devices import READ_SIZE, TapDevice, TunDevice
+from appliance.frames import FrameBuilder
+from protocols.claim_auth import ClaimAuthenticator
+from protocols.claim_machine import (
+    INJECT,
+    ClaimMachine,
+    InjectPackets,
+    ResetLocalSession,
+    SendMessage,
+)
+from protocols.classifier import Classified, Classifier, FrameKind
+from protocols.errors import AuthenticationFailure, RemoteProtocolError
+from protocols.wire.ethernet import EthernetFrame
+
+log = logging.getLogger(__name__)
+
+BATCH = 1024  # frames per wake-up before timers run again
+FIRST_CLIENT_KIND = FrameKind.TCP  # TCP, UDP, ICMP_ECHO, ICMP_ERROR and FRAGMENT follow
+ARP_REPLIES_PER_SECOND = 200.0
+ARP_BURST = 50.0
+MAX_KNOWN_ADDRESSES = 256
+
+
+@dataclass(slots=True)
+class FrameCounters:
+    frames: int = 0
+    wakeups: int = 0
+    other: int = 0
+    malformed: int = 0
+    claims_received: int = 0
+    claims_malformed: int = 0
+    auth_failures: int = 0
+    arp_requests: int = 0
+    arp_replies: int = 0
+    arp_rate_limited: int = 0
+    inject_errors: int = 0
+    send_errors: int = 0
+    local_resets: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class DataPlane:
+    def __init__(
+        self,
+        *,
+        tap: TapDevice,
+        tun: TunDevice,
+        machine: ClaimMachine,
+        classifier: Classifier,
+        builder: FrameBuilder,
+        authenticator: ClaimAuthenticator,
+    ) -> None:
+        self.tap = tap
+        self.tun = tun
+        self.machine = machine
+        self.classifier = classifier
+        self.builder = builder
+        self.authenticator = authenticator
+        self.counters = FrameCounters()
+        # Where each member's claims come from, for `status`.
+        self.addresses: OrderedDict[int, str] = OrderedDict()
+        self._arp_tokens = ARP_BURST
+        self._arp_refilled = trio.current_time()
+        self._waiting: trio.CancelScope | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        self.carry_out()
+        machine = self.machine
+        wait_readable = trio.lowlevel.wait_readable
+        while True:
+            with trio.CancelScope(deadline=machine.next_wakeup()) as self._waiting:
+                await wait_readable(self.tap.fd)
+            self._waiting = None
+            now = trio.current_time()
+            self.drain(now)
+            machine.handle_timer(now)
+            self.carry_out()
+
+    def wake(self) -> None:
+        """Run the loop now: the machine's state changed from outside (control, facts)."""
+        self.carry_out()
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def drain(self, now: float) -> None:
+        read = os.read
+        fd = self.tap.fd
+        start = self.tap.header_length
+        classify = self.classifier.classify
+        handle = self.machine.handle_client_packet
+        inject = self.tun.inject
+        counters = self.counters
+        first_client_kind = FIRST_CLIENT_KIND
+        frames = 0
+        for _ in range(BATCH):
+            try:
+                frame = read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            frames += 1
+            record = classify(frame, start)
+            if record[0] >= first_client_kind:
+                if handle(record, frame, len(frame), now) is INJECT and not inject(
+                    frame, record[3]
+                ):
+                    counters.inject_errors += 1
+            else:
+                self._control_frame(frame, record, now)
+        counters.frames += frames
+        counters.wakeups += 1
+
+    def _control_frame(self, frame: bytes, record: Classified, now: float) -> None:
+        kind = record.kind
+        counters = self.counters
+        if kind is FrameKind.CLAIM:
+            counters.claims_received += 1
+            network = record.network_offset
+            end = network + int.from_bytes(frame[network + 2 : network + 4], "big")
+            try:
+                message = self.authenticator.open(frame[record.payload_offset : end])
+            except AuthenticationFailure as error:
+                counters.auth_failures += 1
+                log.debug("refused claim: %s", error)
+                return
+            except RemoteProtocolError as error:
+                counters.claims_malformed += 1
+                log.debug("malformed claim: %s", error)
+                return
+            source = str(IPv4Address(frame[network + 12 : network + 16]))
+            if self.addresses.get(message.member_id) != source:
+                self.addresses[message.member_id] = source
+                if len(self.addresses) > MAX_KNOWN_ADDRESSES:
+                    self.addresses.popitem(last=False)
+            self.machine.handle_message(message, now)
+        elif kind is FrameKind.ARP_REQUEST:
+            counters.arp_requests += 1
+            self._answer_arp(frame, record, now)
+        elif kind is FrameKind.MALFORMED:
+            counters.malformed += 1
+        else:
+            counters.other += 1
+
+    def _answer_arp(self, frame: bytes, record: Classified, now: float) -> None:
+        # A token bucket: an ARP flood costs a bounded amount of work.
+        self._arp_tokens = min(
+            ARP_BURST, self._arp_tokens + (now - self._arp_refilled) * ARP_REPLIES_PER_SECOND
+        )
+        self._arp_refilled = now
+        if self._arp_tokens < 1:
+            self.counters.arp_rate_limited += 1
+            return
+        self._arp_tokens -= 1
+        start = self.tap.header_length
+        vlan = (
+            EthernetFrame.parse(frame[start:]).vlan if record.network_offset - start == 18 else None
+        )
+        reply = self.builder.arp_reply(frame, record.network_offset, vlan)
+        if reply is not None and self.tap.send(reply):
+            self.counters.arp_replies += 1
+
+    def announce(self) -> None:
+        """Gratuitous ARP: neighbours learn the cluster MAC without asking."""
+        if not self.tap.send(self.builder.gratuitous_arp()):
+            self.counters.send_errors += 1
+
+    def carry_out(self) -> None:
+        counters = self.counters
+        for action in self.machine.pop_actions():
+            if isinstance(action, SendMessage):
+                frame = self.builder.claim_frame(self.authenticator.seal(action.message))
+                if not self.tap.send(frame):
+                    counters.send_errors += 1
+            elif isinstance(action, InjectPackets):
+                start = self.tap.header_length
+                for packet in action.packets:
+                    assert isinstance(packet, bytes)
+                    record = self.classifier.classify(packet, start)
+                    if not self.tun.inject(packet, record.network_offset):
+                        counters.inject_errors += 1
+            elif isinstance(action, ResetLocalSession):
+                counters.local_resets += 1
+                if not self.tun.inject_packet(
+                    FrameBuilder.local_reset(action.key, action.sequence)
+                ):
+                    counters.inject_errors += 1

@@ -1,0 +1,238 @@
+"""`appliance-ctl demo`: the whole appliance on one machine, in network namespaces.
+
+It builds a lab segment, starts nginx, dnsmasq and the appliance in every
+member, drives HTTP and DNS clients (appliance.loadgen, in the client
+namespace), shows a live view, kills one member's appliance part-way with
+SIGKILL, and prints a summary. It exits 0 only if every request was answered,
+at worst after one retry. The lab is removed on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from appliance.errors import UserError
+from appliance.lab import Lab, lab, require_root
+from appliance.services import LabMember, start_member
+
+KILL_AT = 0.4  # of the run
+STATUS_INTERVAL = 1.0
+
+
+@dataclass
+class DemoState:
+    started: float
+    duration: float
+    results: list[dict[str, Any]] = field(default_factory=list)
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    killed: str | None = None
+    killed_at: float | None = None
+    events: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def event(self, text: str) -> None:
+        with self.lock:
+            self.events.append(f"{time.monotonic() - self.started:5.1f}s  {text}")
+
+
+def run_demo(
+    *, members: int = 3, duration: float = 20.0, kill: bool = True, live: bool = True
+) -> int:
+    require_root()
+    if not 1 <= members <= 8:
+        raise UserError(f"--members {members}: the demo runs 1 to 8 members")
+    if not 5 <= duration <= 3600:
+        raise UserError(f"--duration {duration:g}: give 5 to 3600 seconds")
+    if kill and members < 2:
+        raise UserError("killing a member needs at least 2 members (or use --no-kill)")
+    console = Console()
+    with lab(members=0, clients=1) as segment:
+        console.print(
+            f"[bold]lab[/] {segment.name}: switch, {members} members, 1 client, cluster IP {segment.cluster_ip}"
+        )
+        cluster: list[LabMember] = []
+        for _ in range(members):
+            member = start_member(segment)
+            cluster.append(member)
+            console.print(f"  {member.name} ({member.node.address}): nginx, dnsmasq, appliance up")
+        state = DemoState(started=time.monotonic(), duration=duration)
+        return drive(segment, cluster, state, console, kill=kill, live=live)
+
+
+def drive(
+    segment: Lab,
+    cluster: list[LabMember],
+    state: DemoState,
+    console: Console,
+    *,
+    kill: bool,
+    live: bool,
+) -> int:
+    client = segment.clients[0]
+    generator = client.popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.loadgen",
+            "--cluster-ip",
+            str(segment.cluster_ip),
+            "--duration",
+            str(state.duration),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    reader = threading.Thread(target=read_results, args=(generator, state), daemon=True)
+    reader.start()
+    state.event("clients started: HTTP 30/s and DNS 20/s, each on a new session")
+    victim = cluster[1] if kill else None
+    next_status = 0.0
+    display = Live(render(state, cluster), console=console, refresh_per_second=4) if live else None
+    if display is not None:
+        display.start()
+    try:
+        while generator.poll() is None:
+            now = time.monotonic()
+            if (
+                victim is not None
+                and state.killed is None
+                and now - state.started >= KILL_AT * state.duration
+            ):
+                victim.appliance.kill()
+                state.killed, state.killed_at = victim.name, now
+                state.event(f"kill -9 of {victim.name}'s appliance")
+            if now >= next_status:
+                poll_statuses(cluster, state)
+                next_status = now + STATUS_INTERVAL
+                if display is None:
+                    console.print(plain_line(state))
+            if display is not None:
+                display.update(render(state, cluster))
+            time.sleep(0.25)
+        reader.join(timeout=10)
+        poll_statuses(cluster, state)
+        if display is not None:
+            display.update(render(state, cluster))
+    finally:
+        if display is not None:
+            display.stop()
+        if generator.poll() is None:
+            generator.kill()
+    return summarize(state, cluster, console)
+
+
+def read_results(generator: subprocess.Popen[bytes], state: DemoState) -> None:
+    assert generator.stdout is not None
+    for line in generator.stdout:
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue
+        with state.lock:
+            state.results.append(result)
+
+
+def poll_statuses(cluster: list[LabMember], state: DemoState) -> None:
+    for member in cluster:
+        if member.name == state.killed:
+            continue
+        status = member.appliance.control("status", check=False)
+        if status is not None:
+            state.statuses[member.name] = status
+
+
+def counts(state: DemoState) -> tuple[Counter[str], int, int, int]:
+    with state.lock:
+        results = list(state.results)
+    served: Counter[str] = Counter(result["member"] for result in results if result["ok"])
+    lost = sum(not result["ok"] for result in results)
+    retried = sum(result["ok"] and result["retries"] > 0 for result in results)
+    return served, len(results), lost, retried
+
+
+def render(state: DemoState, cluster: list[LabMember]) -> Group:
+    served, total, lost, retried = counts(state)
+    table = Table(title="appliance demo", expand=False)
+    for column in ("member", "state", "served", "owned now", "claims won", "conflicts"):
+        table.add_column(column, justify="right" if column not in ("member", "state") else "left")
+    for member in cluster:
+        status = state.statuses.get(member.name, {})
+        alive = member.name != state.killed
+        draining = status.get("draining", False)
+        label = "[red]killed[/]" if not alive else ("draining" if draining else "[green]serving[/]")
+        table.add_row(
+            member.name,
+            label,
+            str(served.get(member.name, 0)),
+            str(status.get("sessions", {}).get("owned", "-")) if alive else "-",
+            str(status.get("counters", {}).get("claims_won", "-")),
+            str(status.get("counters", {}).get("conflicts", "-")),
+        )
+    elapsed = time.monotonic() - state.started
+    totals = Text(
+        f"{elapsed:5.1f}s of {state.duration:g}s   requests {total}   answered {total - lost}   "
+        f"retried {retried}   lost {lost}",
+        style="bold red" if lost else "bold",
+    )
+    with state.lock:
+        events = "\n".join(state.events[-6:])
+    return Group(table, totals, Text(events, style="dim"))
+
+
+def plain_line(state: DemoState) -> str:
+    served, total, lost, retried = counts(state)
+    members = ", ".join(f"{name} {count}" for name, count in sorted(served.items()))
+    elapsed = time.monotonic() - state.started
+    return f"{elapsed:5.1f}s requests {total} lost {lost} retried {retried} | {members}"
+
+
+def summarize(state: DemoState, cluster: list[LabMember], console: Console) -> int:
+    with state.lock:
+        results = list(state.results)
+    served, total, lost, retried = counts(state)
+    by_kind = Counter(result["kind"] for result in results)
+    console.print()
+    console.print("[bold]summary[/]")
+    console.print(f"  requests sent: {total} (HTTP {by_kind['http']}, DNS {by_kind['dns']})")
+    for member in cluster:
+        note = " (killed)" if member.name == state.killed else ""
+        won = state.statuses.get(member.name, {}).get("counters", {}).get("claims_won")
+        cross = f", won {won} claims per its status" if won is not None and not note else ""
+        console.print(f"  served by {member.name}{note}: {served.get(member.name, 0)}{cross}")
+    console.print(f"  answered after one retry: {retried}")
+    console.print(f"  lost: {lost}", style="bold red" if lost else "bold green")
+    if state.killed_at is not None:
+        after = [result for result in results if result["started"] >= state.killed_at]
+        window = [result for result in after if result["started"] < state.killed_at + 5.0]
+        slowest = max((result["latency"] for result in window), default=0.0)
+        console.print(
+            f"  failover: {state.killed} killed at {state.killed_at - state.started:.1f}s; "
+            f"{len(after)} requests after it, {sum(not r['ok'] for r in after)} lost; the slowest "
+            f"request in the next 5s took {slowest:.2f}s (failover gap)"
+        )
+        assert state.killed is not None
+        after_kill_served = Counter(result["member"] for result in after if result["ok"])
+        if after_kill_served.get(state.killed):
+            console.print(f"  [red]{state.killed} answered after it was killed[/]")
+            return 1
+    if lost:
+        failures = [result for result in results if not result["ok"]][:3]
+        console.print(f"  first failures: {failures}")
+        return 1
+    if total == 0:
+        console.print("  [red]the clients sent nothing[/]")
+        return 1
+    console.print("[bold green]every request was answered[/]")
+    return 0

@@ -1,0 +1,146 @@
+"""The TAP device that reads the segment and the TUN device that serves won sessions.
+
+Both are non-persistent: they vanish when the process closes them or dies,
+so a crashed daemon leaves no device behind.
+
+With offloads on, both use IFF_VNET_HDR: every frame carries a 10-byte
+virtio_net_hdr, and the TAP accepts TSO, so the bridge hands over TCP
+super-frames of up to 64 KB instead of MTU-sized ones. A super-frame read from
+the TAP is written to the TUN as one packet; the header's offsets count from
+the Ethernet header on the TAP and from the IP header on the TUN, so they are
+shifted by the Ethernet header's length.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+import pytun
+
+from appliance.errors import UserError
+
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+VNET_HEADER = struct.Struct(
+    "<BBHHHH"
+)  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_LENGTH = VNET_HEADER.size
+NO_OFFLOAD = bytes(VNET_LENGTH)
+READ_SIZE = VNET_LENGTH + 18 + 65535 + 64  # header, Ethernet with VLAN, the largest IP packet
+
+
+def _open(name: str, flags: int, what: str) -> pytun.TunTapDevice:
+    try:
+        return pytun.TunTapDevice(name=name, flags=flags)
+    except OSError as error:
+        code = error.errno if error.errno is not None else (error.args[0] if error.args else None)
+        if code == errno.EPERM:
+            raise UserError(f"creating the {what} device {name} needs CAP_NET_ADMIN") from None
+        if code == errno.EACCES:
+            raise UserError(
+                f"cannot open /dev/net/tun to create {name}: permission denied "
+                "(the device is usually mode 0666; check it or run as root)"
+            ) from None
+        if code == errno.EBUSY:
+            raise UserError(
+                f"device {name} is in use: is another appliance running in this namespace?"
+            ) from None
+        if code == errno.ENOENT:
+            raise UserError(
+                "/dev/net/tun does not exist: load the tun module (modprobe tun)"
+            ) from None
+        raise UserError(f"cannot create the {what} device {name}: {error}") from None
+
+
+class TapDevice:
+    """The appliance's port on the bridge: every frame of the segment, and claims out."""
+
+    def __init__(self, name: str, *, offloads: bool) -> None:
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offloads else 0)
+        self._device = _open(name, flags, "TAP")
+        self.name = name
+        self.fd: int = self._device.fileno()
+        self.header_length = VNET_LENGTH if offloads else 0
+        if offloads:
+            fcntl.ioctl(
+                self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+            )
+        os.set_blocking(self.fd, False)
+        self.mac = bytes(self._device.hwaddr)
+
+    def read(self) -> bytes | None:
+        """One frame (with its vnet header when offloads are on), or None when none waits."""
+        try:
+            return os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return None
+
+    def send(self, frame: bytes) -> bool:
+        """Write one Ethernet frame; False when the queue is full (it is dropped)."""
+        try:
+            if self.header_length:
+                os.writev(self.fd, (NO_OFFLOAD, frame))
+            else:
+                os.write(self.fd, frame)
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self._device.close()
+
+
+class TunDevice:
+    """Carries the cluster IP: packets written here reach the local kernel's stack."""
+
+    def __init__(self, name: str, *, offloads: bool) -> None:
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offloads else 0)
+        self._device = _open(name, flags, "TUN")
+        self.name = name
+        self.fd: int = self._device.fileno()
+        self.header_length = VNET_LENGTH if offloads else 0
+        os.set_blocking(self.fd, False)
+
+    def inject(self, frame: bytes, network_offset: int) -> bool:
+        """Write the IP packet inside a TAP frame (offsets as the classifier gave them)."""
+        body = memoryview(frame)[network_offset:]
+        try:
+            if not self.header_length:
+                os.write(self.fd, body)
+                return True
+            flags, gso_type, header_length, gso_size, checksum_start, checksum_offset = (
+                VNET_HEADER.unpack_from(frame)
+            )
+            if not flags and not gso_type:
+                os.writev(self.fd, (NO_OFFLOAD, body))
+                return True
+            link_layer = network_offset - VNET_LENGTH
+            header = VNET_HEADER.pack(
+                flags,
+                gso_type,
+                max(0, header_length - link_layer) if header_length else 0,
+                gso_size,
+                max(0, checksum_start - link_layer) if checksum_start else 0,
+                checksum_offset,
+            )
+            os.writev(self.fd, (header, body))
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    def inject_packet(self, packet: bytes) -> bool:
+        """Write a complete IP packet built here (checksums filled in)."""
+        try:
+            if self.header_length:
+                os.writev(self.fd, (NO_OFFLOAD, packet))
+            else:
+                os.write(self.fd, packet)
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self._device.close()

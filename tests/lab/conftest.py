@@ -1,0 +1,159 @@
+"""A real cluster in network namespaces: nginx, dnsmasq and the appliance in each
+member, curl and dig in the client. Needs root; the lab removes everything it
+built, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from appliance.lab import Lab, Node, lab
+from appliance.services import LabMember, start_member
+
+pytestmark = pytest.mark.lab
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        for item in items:
+            if "tests/lab" in str(item.fspath):
+                item.add_marker(
+                    pytest.mark.skip(reason="the lab builds network namespaces: run as root")
+                )
+
+
+@dataclass
+class Cluster:
+    lab: Lab
+    members: list[LabMember] = field(default_factory=list)
+
+    @property
+    def client(self) -> Node:
+        return self.lab.clients[0]
+
+    @property
+    def cluster_ip(self) -> str:
+        return str(self.lab.cluster_ip)
+
+    def add_member(self, *appliance_flags: str, dns: bool = True) -> LabMember:
+        member = start_member(self.lab, *appliance_flags, dns=dns)
+        self.members.append(member)
+        return member
+
+    def curl(
+        self,
+        paths: list[str],
+        *,
+        parallel: int = 1,
+        max_time: float = 10.0,
+        connect_timeout: float = 2.9,
+    ) -> list[tuple[str, int, str]]:
+        """GET each path on a new connection: (path, HTTP status or 0, body) each.
+
+        The default connect timeout allows one SYN retransmission (sent after 1 s),
+        not two (the second goes after 3 s). The maximum time covers all paths.
+        """
+        targets = [f"http://{self.cluster_ip}{path}" for path in paths]
+        write_out = "\n%{url} %{http_code}\n"
+        result = self.client.run(
+            [
+                "curl",
+                "--silent",
+                "--no-keepalive",
+                "--connect-timeout",
+                str(connect_timeout),
+                "--max-time",
+                str(max_time),
+                *(["--parallel", "--parallel-max", str(parallel)] if parallel > 1 else []),
+                "--write-out",
+                write_out,
+                *targets,
+            ],
+            check=False,
+            timeout=600,
+        )
+        return parse_curl(result.stdout, self.cluster_ip)
+
+    def download(self, paths: list[str], *, max_time: float = 60.0) -> list[tuple[str, int, int]]:
+        """Fetch each path in its own curl process, all at once: (path, status, bytes)."""
+        write_out = "%{url} %{http_code} %{size_download}\\n"
+        script = " ".join(
+            f"curl --silent --no-keepalive --max-time {max_time} --output /dev/null "
+            f"--write-out '{write_out}' 'http://{self.cluster_ip}{path}' &"
+            for path in paths
+        )
+        result = self.client.run(
+            ["bash", "-c", f"{script} wait"], check=False, timeout=max_time + 30
+        )
+        prefix = f"http://{self.cluster_ip}"
+        downloads = []
+        for line in result.stdout.splitlines():
+            url, code, size = line.rsplit(" ", 2)
+            downloads.append((url.removeprefix(prefix), int(code), int(size)))
+        return downloads
+
+    def served_uris(self) -> Counter[str]:
+        """How often each URI appears in all members' nginx access logs."""
+        counts: Counter[str] = Counter()
+        for member in self.members:
+            counts.update(line.split()[0] for line in member.services.access_log())
+        return counts
+
+    def served_by(self) -> dict[str, list[str]]:
+        return {
+            member.name: [line.split()[0] for line in member.services.access_log()]
+            for member in self.members
+        }
+
+
+def parse_curl(output: str, cluster_ip: str) -> list[tuple[str, int, str]]:
+    results = []
+    body: list[str] = []
+    prefix = f"http://{cluster_ip}"
+    for line in output.splitlines():
+        if line.startswith(prefix):
+            url, code = line.rsplit(" ", 1)
+            results.append((url[len(prefix) :], int(code), "\n".join(body).strip()))
+            body = []
+        elif line:
+            body.append(line)
+    return results
+
+
+def unique_paths(count: int, prefix: str = "req") -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [f"/{prefix}-{run}-{index}" for index in range(count)]
+
+
+@pytest.fixture
+def lab_segment() -> Iterator[Lab]:
+    with lab(members=0, clients=1) as segment:
+        yield segment
+
+
+@pytest.fixture
+def cluster(lab_segment: Lab) -> Iterator[Cluster]:
+    """Three members serving the cluster IP, and one client."""
+    built = Cluster(lab_segment)
+    try:
+        for _ in range(3):
+            built.add_member()
+        yield built
+    finally:
+        for member in built.members:
+            member.appliance.stop()
+
+
+def client_neighbours(client: Node) -> str:
+    return client.run(["ip", "neigh", "show"]).stdout
+
+
+def run_in(node: Node, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return node.run(list(arguments), check=False)

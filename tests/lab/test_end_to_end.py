@@ -1,0 +1,151 @@
+"""End to end, with real servers and clients in network namespaces.
+
+Each test states the invariant it checks. The servers' own logs are the
+witness: a request served twice, or by nobody, fails the test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+
+from tests.lab.conftest import Cluster, client_neighbours, unique_paths
+
+DIG_QUERIES = 300
+
+
+def test_every_http_request_is_served_exactly_once(cluster: Cluster) -> None:
+    """300 requests, sequential then concurrent: all succeed, each is served once, by
+    one of the members, and every member serves some."""
+    sequential, concurrent = unique_paths(150, "seq"), unique_paths(150, "par")
+    results = cluster.curl(sequential) + cluster.curl(concurrent, parallel=30)
+    assert len(results) == 300
+    failed = [(path, code) for path, code, _ in results if code != 200]
+    assert not failed
+    assert {body for _, _, body in results} <= {member.name for member in cluster.members}
+    served = cluster.served_uris()
+    for path in sequential + concurrent:
+        assert served[path] == 1, f"{path} served {served[path]} times"
+    by_member = cluster.served_by()
+    assert all(by_member[member.name] for member in cluster.members), {
+        name: len(paths) for name, paths in by_member.items()
+    }
+
+
+def test_every_dns_query_gets_exactly_one_answer(cluster: Cluster) -> None:
+    """300 queries from distinct source ports each get one answer, and the servers'
+    logs hold each query once in all."""
+    script = (
+        f"for i in $(seq {DIG_QUERIES}); do "
+        f"dig +short +tries=1 +time=3 @{cluster.cluster_ip} TXT whoami.cluster & "
+        "if (( i % 25 == 0 )); then wait; fi; done; wait"
+    )
+    result = cluster.client.run(["bash", "-c", script], timeout=300)
+    answers = re.findall(r'"(m\d+)"', result.stdout)
+    assert len(answers) == DIG_QUERIES, result.stdout[-500:]
+    logged = sum(len(member.services.dns_queries()) for member in cluster.members)
+    assert logged == DIG_QUERIES
+    assert len(set(answers)) == len(cluster.members)
+
+
+def test_new_sessions_survive_a_member_killed_mid_run(cluster: Cluster) -> None:
+    """kill -9 one appliance mid-run: every session started after the kill succeeds
+    (one SYN retransmission allowed), and transfers held by the survivors finish."""
+    size = 1_500_000
+    for member in cluster.members:
+        member.services.write_file("big", size)
+    transfers = unique_paths(9, "transfer")
+    finished: list[tuple[str, int, int]] = []
+    downloads = threading.Thread(
+        target=lambda: finished.extend(
+            cluster.download([f"/slow/big?{path}" for path in transfers], max_time=15)
+        )
+    )
+    downloads.start()
+    time.sleep(1.0)
+    before = cluster.curl(unique_paths(30, "before"))
+    victim = cluster.members[0]
+    victim.appliance.kill()
+    after = cluster.curl(unique_paths(150, "after"), parallel=10)
+    downloads.join()
+    assert all(code == 200 for _, code, _ in before)
+    lost = [(path, code) for path, code, _ in after if code != 200]
+    assert not lost, f"{len(lost)} new sessions failed after the kill: {lost[:5]}"
+    assert victim.name not in {body for _, _, body in after}
+    # Transfers served by the survivors are not disturbed.
+    assert len(finished) == len(transfers)
+    owners = {
+        uri.split("?", 1)[1]: name
+        for name, uris in cluster.served_by().items()
+        for uri in uris
+        if "?" in uri
+    }
+    survivor_transfers = [
+        (path, code, received)
+        for path, code, received in finished
+        if owners.get(path.split("?", 1)[1], victim.name) != victim.name
+    ]
+    assert survivor_transfers, "every transfer happened to be on the killed member"
+    for path, code, received in survivor_transfers:
+        assert (code, received) == (200, size), f"{path} on a survivor broke"
+
+
+def test_a_late_joiner_breaks_no_running_transfer_and_then_takes_new_sessions(
+    cluster: Cluster,
+) -> None:
+    """A fourth member joins while long transfers run: none breaks, each arrives whole,
+    and the newcomer then serves new sessions."""
+    size = 1_200_000
+    expected = None
+    for member in cluster.members:
+        expected = hashlib.sha256(member.services.write_file("big", size).read_bytes()).hexdigest()
+    transfers = unique_paths(6, "long")
+    script = "; ".join(
+        f"curl -s --no-keepalive --max-time 60 http://{cluster.cluster_ip}/slow/big?{path} "
+        f"| sha256sum | cut -c1-64"
+        for path in transfers
+    )
+    results: list[str] = []
+    runner = threading.Thread(
+        target=lambda: results.extend(
+            cluster.client.run(
+                ["bash", "-c", script.replace("; ", " & ") + " & wait"], timeout=120
+            ).stdout.split()
+        )
+    )
+    runner.start()
+    time.sleep(1.5)
+    newcomer = cluster.add_member()
+    runner.join()
+    assert results == [expected] * len(transfers)
+    after = cluster.curl(unique_paths(120, "new"), parallel=10)
+    assert all(code == 200 for _, code, _ in after)
+    assert any(body == newcomer.name for _, _, body in after)
+
+
+def test_a_member_whose_service_is_down_stops_claiming(cluster: Cluster) -> None:
+    """nginx stops on one member: that member claims no more HTTP sessions and no
+    request fails."""
+    down = cluster.members[1]
+    down.services.stop("nginx")
+    time.sleep(1.5)  # the appliance reads the socket table every second
+    results = cluster.curl(unique_paths(150, "down"), parallel=10)
+    assert all(code == 200 for _, code, _ in results), [r for r in results if r[1] != 200][:5]
+    assert down.name not in {body for _, _, body in results}
+    status = down.appliance.control("status")
+    assert status is not None
+    assert status["drops"]["not_claimed"] >= 1  # type: ignore[index]
+
+
+def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
+    """The switch never learns the cluster MAC; the client maps the cluster IP to it."""
+    results = cluster.curl(unique_paths(50, "mac"), parallel=5)
+    assert all(code == 200 for _, code, _ in results)
+    status = cluster.members[0].appliance.control("status")
+    assert status is not None
+    cluster_mac = str(status["cluster_mac"])
+    assert cluster_mac not in cluster.lab.switch_macs()
+    neighbours = client_neighbours(cluster.client)
+    assert re.search(rf"{re.escape(cluster.cluster_ip)} dev eth0 lladdr {cluster_mac}", neighbours)
