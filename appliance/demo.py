@@ -60,7 +60,8 @@ def run_demo(
     console = Console()
     with lab(members=0, clients=1) as segment:
         console.print(
-            f"[bold]lab[/] {segment.name}: switch, {members} members, 1 client, cluster IP {segment.cluster_ip}"
+            f"[bold]lab[/] {segment.name}: switch, {members} members, 1 client, "
+            f"cluster IP {segment.cluster_ip}"
         )
         cluster: list[LabMember] = []
         for _ in range(members):
