@@ -153,6 +153,9 @@ class ClaimSettings:
 
 
 MAX_MISSING = 64  # a larger gap in a peer's counter is a loss at once
+# Re-assertion with repeats is bounded: after a long partition, only this many
+# of the most recent sessions get repeats; the rest are asserted once.
+MAX_REPEATED_RESYNC = 4096
 
 
 class Peer:
@@ -643,14 +646,25 @@ class ClaimMachine:
                 self._forget_peer(oldest)
             peer = self._peers[hello.member_id] = Peer(hello.member_id, hello.counter, now)
             last_heard = self._departed.pop(hello.member_id, None)
-            if last_heard is None:
-                # A newcomer learns the running sessions from their owners.
-                self._reassert(since=None, plan=(0.0,), now=now)
-            else:
+            if last_heard is not None:
                 # A member we had given up on (a partition): everything it
                 # sent since is lost, as in a counter gap.
                 peer.gap_since = last_heard
                 self._messages_lost(peer, now)
+            elif hello.counter > 1:
+                # We never heard its first messages: it ran cut off from us (a
+                # partition at its start), so it may have won sessions we won.
+                # A warming member is at most join_grace old.
+                settings = self.settings
+                born = now - settings.join_grace - settings.hello_interval
+                self._reassert(
+                    since=born if hello.warming else None,
+                    plan=settings.resync_repeats,
+                    now=now,
+                    limit=MAX_REPEATED_RESYNC,
+                )
+            # A newcomer learns the running sessions from their owners.
+            self._reassert(since=None, plan=(0.0,), now=now)
             self._send_hello(now, scheduled=False)  # let the newcomer rank us at once
         peer.weight = hello.weight
         peer.draining = hello.draining
@@ -928,18 +942,33 @@ class ClaimMachine:
             now=now,
         )
 
-    def _reassert(self, *, since: float | None, plan: tuple[float, ...], now: float) -> None:
+    def _reassert(
+        self,
+        *,
+        since: float | None,
+        plan: tuple[float, ...],
+        now: float,
+        limit: int | None = None,
+    ) -> None:
         """Assert owned sessions won since `since` (all if None) on `plan`,
-        spread out at `resync_rate` so a large table does not burst."""
+        spread out at `resync_rate` so a large table does not burst. With
+        `limit`, only that many of the most recently won sessions."""
         spacing = 1.0 / self.settings.resync_rate
         start = max(now, self._resync_until)
-        for session in self._table:
-            if not session.mine or session.won_at is None or not plan:
-                continue
-            if since is not None and session.won_at < since:
-                continue
-            if session.next_assertion_at is not None and len(plan) <= len(session.repeat_plan):
-                continue  # already on a plan at least as long: it reaches everyone
+        chosen = [
+            session
+            for session in self._table
+            if session.mine
+            and session.won_at is not None
+            and (since is None or session.won_at >= since)
+            and not (
+                session.next_assertion_at is not None and len(plan) <= len(session.repeat_plan)
+            )  # already on a plan at least as long: it reaches everyone
+        ]
+        if limit is not None and len(chosen) > limit:
+            chosen.sort(key=lambda session: session.won_at or 0.0, reverse=True)
+            del chosen[limit:]
+        for session in chosen:
             session.repeat_base = start
             session.repeat_plan = plan
             session.repeat_index = 0

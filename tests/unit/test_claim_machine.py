@@ -785,14 +785,15 @@ def test_client_rst_aborts_a_pending_claim() -> None:
 
 
 def reassertion_setup() -> tuple[ClaimMachine, SessionKey, SessionKey]:
-    """Won `before` alone; learned PEER from hello counter 10 at 0.5; won `since` at 0.6."""
+    """Won `before` alone; learned PEER from its first hello (counter 1) at 0.5;
+    won `since` at 0.6."""
     machine = new_machine(now=0.0)
     before = key_where(ranked_first(ME, PEER))
     since = key_where(lambda key: key != before and ranked_first(ME, PEER)(key))
     win_alone(machine, before, 0.1)
     run_until(machine, 0.4)
 
-    machine.handle_message(hello(PEER, 10), 0.5)
+    machine.handle_message(hello(PEER, 1), 0.5)
     # The newcomer gets our hello now, and an assertion of each running
     # session at the wakeup the machine asks for at the same instant.
     answer = machine.pop_actions()
@@ -809,7 +810,7 @@ def test_counter_gap_reasserts_sessions_won_since_on_the_resync_schedule() -> No
     machine, before, since = reassertion_setup()
     gap_at = 0.7
 
-    machine.handle_message(hello(PEER, 13), gap_at)  # 11 and 12 never arrive
+    machine.handle_message(hello(PEER, 4), gap_at)  # 2 and 3 never arrive
     assert machine.pop_actions() == []
     check_at = gap_at + SETTINGS.reorder_window
     assert machine.next_wakeup() == check_at
@@ -823,9 +824,9 @@ def test_counter_gap_filled_within_reorder_window_reasserts_nothing() -> None:
     machine, before, since = reassertion_setup()
     gap_at = 0.7
 
-    machine.handle_message(hello(PEER, 13), gap_at)
-    machine.handle_message(hello(PEER, 12), gap_at + 0.004)
-    machine.handle_message(hello(PEER, 11), gap_at + 0.006)
+    machine.handle_message(hello(PEER, 4), gap_at)
+    machine.handle_message(hello(PEER, 3), gap_at + 0.004)
+    machine.handle_message(hello(PEER, 2), gap_at + 0.006)
     assert machine.pop_actions() == []
 
     log = run_until(machine, 6.0)
@@ -835,8 +836,8 @@ def test_counter_gap_filled_within_reorder_window_reasserts_nothing() -> None:
 
 def test_counter_gap_half_filled_is_still_a_loss() -> None:
     machine, _, since = reassertion_setup()
-    machine.handle_message(hello(PEER, 13), 0.7)
-    machine.handle_message(hello(PEER, 11), 0.705)
+    machine.handle_message(hello(PEER, 4), 0.7)
+    machine.handle_message(hello(PEER, 2), 0.705)
 
     log = run_until(machine, 6.0)
     check_at = 0.7 + SETTINGS.reorder_window
@@ -859,7 +860,32 @@ def test_peer_back_after_being_forgotten_hears_sessions_won_meanwhile() -> None:
 
     log = [(6.0, action) for action in machine.pop_actions()] + run_until(machine, 12.0)
     assert assertion_times(log, meanwhile) == [6.0 + offset for offset in SETTINGS.resync_repeats]
-    assert assertion_times(log, early) == []
+    # The peer forgot our sessions when it gave up on us: it hears the older one once.
+    assert len(assertion_times(log, early)) == 1
+
+
+def test_a_peer_first_heard_mid_life_hears_recent_sessions_until_one_gets_through() -> None:
+    """Its first hello has counter 40: it ran cut off from us (a partition at its start)
+    and may own sessions we won meanwhile. Sessions won within its possible lifetime
+    (it is warming, so at most join_grace old) get the resync schedule; older ones, once."""
+    machine = new_machine(now=0.0)
+    old = key_where(ranked_first(ME, PEER))
+    recent = key_where(lambda key: key != old and ranked_first(ME, PEER)(key))
+    win_alone(machine, old, 0.1)
+    meet_at = 0.1 + SETTINGS.join_grace + SETTINGS.hello_interval + 0.5
+    win_alone(machine, recent, meet_at - 1.0)
+    run_until(machine, meet_at - 0.5)
+
+    machine.handle_message(hello(PEER, 40, warming=True), meet_at)
+
+    log = [(meet_at, action) for action in machine.pop_actions()]
+    log += run_until(machine, meet_at + 6.0)
+    times = assertion_times(log, recent)
+    assert len(times) == len(SETTINGS.resync_repeats)
+    assert times[-1] - times[0] == pytest.approx(
+        SETTINGS.resync_repeats[-1] - SETTINGS.resync_repeats[0]
+    )
+    assert len(assertion_times(log, old)) == 1
 
 
 # ------------------------------------------------- 14. a silent peer is gone
