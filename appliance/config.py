@@ -20,6 +20,8 @@ from typing import Any
 from appliance.errors import ConfigError
 from protocols.claim_machine import ClaimSettings, SettingsError
 
+# The protocol's defaults live in ClaimSettings; the keys repeat none of them.
+PROTOCOL = ClaimSettings()
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
@@ -179,34 +181,79 @@ KEYS: tuple[Key, ...] = (
         _choice("debug", "info", "warning", "error"),
         "Least severe level logged.",
     ),
-    Key("guard_ms", 4.0, _number(0.1, 1000.0), "A claimer waits this long for rival claims."),
+    Key(
+        "guard_ms",
+        PROTOCOL.guard * 1000,
+        _number(0.1, 1000.0),
+        "A claimer waits this long for rival claims; more than twice the segment's one-way delay.",
+    ),
     Key(
         "claim_step_ms",
-        4.0,
+        PROTOCOL.claim_step * 1000,
         _number(0.0, 1000.0),
         "Extra claim delay per rank for backup claimers.",
     ),
-    Key("hello_interval", 1.0, _number(0.05, 60.0), "Seconds between hellos."),
+    Key("hello_interval", PROTOCOL.hello_interval, _number(0.05, 60.0), "Seconds between hellos."),
     Key(
         "member_timeout",
-        3.5,
+        PROTOCOL.member_timeout,
         _number(0.1, 600.0),
         "Seconds without a message before a member is gone.",
     ),
-    Key("join_grace", 2.5, _number(0.0, 600.0), "Seconds a new member claims no unseen UDP flows."),
+    Key(
+        "join_grace",
+        PROTOCOL.join_grace,
+        _number(0.0, 600.0),
+        "Seconds a new member claims no unseen UDP flows.",
+    ),
     Key(
         "handshake_timeout",
-        10.0,
+        PROTOCOL.handshake_timeout,
         _number(0.1),
         "Seconds to forget a TCP session never acknowledged.",
     ),
-    Key("tcp_idle_timeout", 3600.0, _number(1.0), "Seconds to forget an idle TCP session."),
-    Key("udp_idle_timeout", 30.0, _number(0.1), "Seconds to forget an idle UDP flow."),
-    Key("fin_timeout", 10.0, _number(0.1), "Seconds to keep a TCP session after the client's FIN."),
-    Key("max_sessions", 65536, _integer(16, 10_000_000), "Most sessions tracked at once."),
-    Key("max_queued_packets", 4096, _integer(1, 1_000_000), "Most packets waiting for claims."),
-    Key("max_queued_bytes", 16 * 2**20, _integer(65536, 2**31), "Most bytes waiting for claims."),
-    Key("max_queued_per_session", 8, _integer(1, 1024), "Most packets waiting per session."),
+    Key(
+        "tcp_idle_timeout",
+        PROTOCOL.tcp_idle_timeout,
+        _number(1.0),
+        "Seconds to forget an idle TCP session.",
+    ),
+    Key(
+        "udp_idle_timeout",
+        PROTOCOL.udp_idle_timeout,
+        _number(0.1),
+        "Seconds to forget an idle UDP flow.",
+    ),
+    Key(
+        "fin_timeout",
+        PROTOCOL.fin_timeout,
+        _number(0.1),
+        "Seconds to keep a TCP session after the client's FIN.",
+    ),
+    Key(
+        "max_sessions",
+        PROTOCOL.max_sessions,
+        _integer(16, 10_000_000),
+        "Most sessions tracked at once.",
+    ),
+    Key(
+        "max_queued_packets",
+        PROTOCOL.max_queued_packets,
+        _integer(1, 1_000_000),
+        "Most packets waiting for claims.",
+    ),
+    Key(
+        "max_queued_bytes",
+        PROTOCOL.max_queued_bytes,
+        _integer(65536, 2**31),
+        "Most bytes waiting for claims.",
+    ),
+    Key(
+        "max_queued_per_session",
+        PROTOCOL.max_queued_per_session,
+        _integer(1, 1024),
+        "Most packets waiting per session.",
+    ),
 )
 
 KEYS_BY_NAME = {key.name: key for key in KEYS}
@@ -303,12 +350,14 @@ def reference_table() -> str:
     """The configuration reference, as a Markdown table."""
     lines = ["| key | default | flag | meaning |", "| --- | --- | --- | --- |"]
     for key in KEYS:
-        default = "(required)" if key.default is None and key.name == "cluster_ip" else key.default
-        if default is None:
+        default: object = key.default
+        if key.name == "cluster_ip":
+            default = "(required)"
+        elif default is None:
             default = "(none)"
         elif isinstance(default, bool):
             default = str(default).lower()
-        elif isinstance(default, str):
+        elif isinstance(default, str) and key.name != "cluster_ip":
             default = f'"{default}"'
         flag = f"`--{key.name.replace('_', '-')}`" if key.flag else ""
         lines.append(f"| `{key.name}` | {default} | {flag} | {key.meaning} |")

@@ -264,7 +264,7 @@ class Daemon:
                 {
                     "member_id": f"{peer.member_id:016x}",
                     "self": False,
-                    "address": self.plane.addresses.get(peer.member_id),
+                    "address": self.plane.address_of(peer.member_id),
                     "last_seen": round(now - peer.last_heard, 3),
                     "weight": peer.weight,
                     "draining": peer.draining,

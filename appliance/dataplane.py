@@ -3,8 +3,10 @@
 One trio task. Each time the TAP is readable (or the machine's timer is
 due) it drains the TAP in a batch, without awaiting between frames, then runs
 the machine's timers, then carries out what the machine asked for. Draining
-before the timers matters: a claim decided at the end of its guard window
-has seen every rival claim that reached this host.
+before the timers matters: a claim is decided only when the TAP's queue is
+empty, so the decision has seen every rival claim that reached this host.
+Under a flood the queue may not empty within a batch; decisions then wait
+for a later batch (hellos do not), which costs latency, never safety.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from appliance.frames import FrameBuilder
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import (
     INJECT,
+    QUEUED,
     ClaimMachine,
     InjectPackets,
     ResetLocalSession,
@@ -33,7 +36,7 @@ from protocols.wire.ethernet import EthernetFrame
 
 log = logging.getLogger(__name__)
 
-BATCH = 1024  # frames per wake-up before timers run again
+BATCH = 2048  # frames per wake-up before other tasks get a turn
 FIRST_CLIENT_KIND = FrameKind.TCP  # TCP, UDP, ICMP_ECHO, ICMP_ERROR and FRAGMENT follow
 ARP_REPLIES_PER_SECOND = 200.0
 ARP_BURST = 50.0
@@ -44,6 +47,7 @@ MAX_KNOWN_ADDRESSES = 256
 class FrameCounters:
     frames: int = 0
     wakeups: int = 0
+    busy_batches: int = 0  # batches that left frames queued (decisions waited)
     other: int = 0
     malformed: int = 0
     claims_received: int = 0
@@ -78,8 +82,8 @@ class DataPlane:
         self.builder = builder
         self.authenticator = authenticator
         self.counters = FrameCounters()
-        # Where each member's claims come from, for `status`.
-        self.addresses: OrderedDict[int, str] = OrderedDict()
+        # Where each member's claims come from (IPv4, raw), for `status`.
+        self.addresses: OrderedDict[int, bytes] = OrderedDict()
         self._arp_tokens = ARP_BURST
         self._arp_refilled = trio.current_time()
         self._waiting: trio.CancelScope | None = None
@@ -94,9 +98,12 @@ class DataPlane:
                 await wait_readable(self.tap.fd)
             self._waiting = None
             now = trio.current_time()
-            self.drain(now)
-            machine.handle_timer(now)
+            drained = self.drain(now)
+            machine.handle_timer(now, sessions=drained)
             self.carry_out()
+            if not drained:
+                self.counters.busy_batches += 1
+                await trio.lowlevel.checkpoint()
 
     def wake(self) -> None:
         """Run the loop now: the machine's state changed from outside (control, facts)."""
@@ -104,32 +111,50 @@ class DataPlane:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def drain(self, now: float) -> None:
+    def drain(self, now: float) -> bool:
+        """Handle queued frames; True when the TAP's queue was emptied.
+
+        Claims and answers go out the moment the machine asks for them, and
+        the clock is read again for each frame that may start a claim: a
+        claim's guard window starts when the claim leaves, not when the batch
+        began.
+        """
         read = os.read
         fd = self.tap.fd
         start = self.tap.header_length
         classify = self.classifier.classify
-        handle = self.machine.handle_client_packet
+        machine = self.machine
+        handle = machine.handle_client_packet
         inject = self.tun.inject
         counters = self.counters
+        clock = trio.current_time
         first_client_kind = FIRST_CLIENT_KIND
         frames = 0
+        emptied = False
         for _ in range(BATCH):
             try:
                 frame = read(fd, READ_SIZE)
             except BlockingIOError:
+                emptied = True
                 break
             frames += 1
             record = classify(frame, start)
             if record[0] >= first_client_kind:
-                if handle(record, frame, len(frame), now) is INJECT and not inject(
-                    frame, record[3]
-                ):
-                    counters.inject_errors += 1
+                verdict = handle(record, frame, len(frame), now)
+                if verdict is INJECT:
+                    if not inject(frame, record[3]):
+                        counters.inject_errors += 1
+                elif verdict is QUEUED:
+                    self.carry_out()  # the claim, now
+                    now = clock()
             else:
                 self._control_frame(frame, record, now)
+                if machine.has_actions:
+                    self.carry_out()  # an answer to a rival, now
+                now = clock()
         counters.frames += frames
         counters.wakeups += 1
+        return emptied
 
     def _control_frame(self, frame: bytes, record: Classified, now: float) -> None:
         kind = record.kind
@@ -148,7 +173,7 @@ class DataPlane:
                 counters.claims_malformed += 1
                 log.debug("malformed claim: %s", error)
                 return
-            source = str(IPv4Address(frame[network + 12 : network + 16]))
+            source = frame[network + 12 : network + 16]
             if self.addresses.get(message.member_id) != source:
                 self.addresses[message.member_id] = source
                 if len(self.addresses) > MAX_KNOWN_ADDRESSES:
@@ -179,6 +204,10 @@ class DataPlane:
         reply = self.builder.arp_reply(frame, record.network_offset, vlan)
         if reply is not None and self.tap.send(reply):
             self.counters.arp_replies += 1
+
+    def address_of(self, member_id: int) -> str | None:
+        source = self.addresses.get(member_id)
+        return None if source is None else str(IPv4Address(source))
 
     def announce(self) -> None:
         """Gratuitous ARP: neighbours learn the cluster MAC without asking."""

@@ -344,6 +344,12 @@ def bridge_facts(bridge: str) -> BridgeFacts:
         return BridgeFacts(mac=mac, mtu=int(link.get("IFLA_MTU")), ipv4=ipv4)
 
 
+# Frames the bridge may queue for the appliance while it is busy. Longer than
+# the kernel's default (1000) so that bursts are absorbed rather than dropped;
+# at most this many frames (of at most 64 KB each) wait in the kernel.
+TAP_QUEUE_LENGTH = 4096
+
+
 def attach_tap(tap: str, bridge: str, mtu: int) -> None:
     """Make the TAP a quiet port of the bridge: no IPv6 of its own, same MTU, up."""
     disable = SYSCTL / "ipv6" / "conf" / tap / "disable_ipv6"
@@ -351,7 +357,7 @@ def attach_tap(tap: str, bridge: str, mtu: int) -> None:
         write_sysctl(f"ipv6/conf/{tap}/disable_ipv6", 1)
     with _netlink(f"adding {tap} to {bridge}") as ipr:
         index = _require_index(ipr, tap)
-        ipr.link("set", index=index, mtu=mtu)
+        ipr.link("set", index=index, mtu=mtu, txqlen=TAP_QUEUE_LENGTH)
         ipr.link("set", index=index, master=_require_index(ipr, bridge))
         ipr.link("set", index=index, state="up")
 

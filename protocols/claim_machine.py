@@ -107,11 +107,16 @@ class SettingsError(ValueError):
 class ClaimSettings:
     """Timings and bounds of the claim protocol. Times are in seconds."""
 
-    guard: float = 0.004  # a claimer waits this long for rival claims before winning
-    claim_step: float = 0.004  # extra delay per rank for backup claimers
-    max_claim_delay: float = 0.012  # backups ranked further down all claim at this delay
-    # Re-assert after winning; the first repeat lands inside a backup claimer's guard.
-    assertion_repeats: tuple[float, ...] = (0.002, 0.008, 0.032)
+    # A claimer waits `guard` for rival claims before winning. It must exceed
+    # twice the one-way delay of the segment; processing delays do not count,
+    # since a member drains its TAP before deciding.
+    guard: float = 0.002
+    claim_step: float = 0.002  # extra delay per rank for backup claimers
+    max_claim_delay: float = 0.006  # backups ranked further down all claim at this delay
+    # Re-assert once after winning, landing inside a backup claimer's guard.
+    # More repeats barely lower conflicts (tools.sim measures it) and cost
+    # every member a message per session.
+    assertion_repeats: tuple[float, ...] = (0.001,)
     # After messages from a peer went missing, re-assert the sessions won
     # meanwhile at these offsets, until one gets through.
     resync_repeats: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0)
@@ -316,8 +321,15 @@ class ClaimMachine:
             self.counters.assertions_received += 1
             self._assertion(message, now)
 
-    def handle_timer(self, now: float) -> None:
-        """Run everything that is due at `now`."""
+    def handle_timer(self, now: float, *, sessions: bool = True) -> None:
+        """Run everything that is due at `now`.
+
+        With `sessions=False`, session timers (claims, decisions, repeats,
+        expiry) wait for a later call: the shell passes it while frames are
+        still queued, since a decision must see every claim that arrived
+        before it. Hellos and loss checks always run, so a busy member is
+        never mistaken for a dead one.
+        """
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
@@ -330,7 +342,7 @@ class ClaimMachine:
                     else:
                         self._note_loss_check(peer.loss_check_at)
         # Sessions last: the checks above may have made some due right now.
-        while (session := self._table.pop_due(now)) is not None:
+        while sessions and (session := self._table.pop_due(now)) is not None:
             self._session_timer(session, now)
         self._expire_fragments(now)
 
@@ -370,6 +382,10 @@ class ClaimMachine:
     def pop_actions(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
+
+    @property
+    def has_actions(self) -> bool:
+        return bool(self._actions)
 
     def next_wakeup(self) -> float:
         candidates = [self._next_hello_at]

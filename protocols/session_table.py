@@ -27,6 +27,10 @@ class SessionState(Enum):
     FOREIGN = "foreign"  # another member serves it (or nobody yet): packets are dropped
     CLOSING = "closing"  # the client sent FIN: kept for fin_timeout, then forgotten
 
+    # Enum's own __hash__ is Python code that hashes the name; members are
+    # singletons, so identity will do, at C speed (the table counts by state).
+    __hash__ = object.__hash__
+
 
 PENDING = SessionState.PENDING
 OWNED = SessionState.OWNED

@@ -183,8 +183,10 @@ def test_lone_member_claims_at_once_and_wins_after_guard() -> None:
     assert machine.next_wakeup() == now + GUARD
 
     # A retransmitted SYN while the claim is open waits in the queue too.
-    assert machine.handle_client_packet(syn(key), "syn again", 60, now + 0.001) is Verdict.QUEUED
-    machine.handle_timer(now + 0.002)  # nothing is due yet
+    assert (
+        machine.handle_client_packet(syn(key), "syn again", 60, now + GUARD / 4) is Verdict.QUEUED
+    )
+    machine.handle_timer(now + GUARD / 2)  # nothing is due yet
     assert machine.pop_actions() == []
 
     won_at = now + GUARD

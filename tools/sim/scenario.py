@@ -71,9 +71,11 @@ class Scenario:
     end_time: float
     base_loss: float = 0.0  # claim-message loss for the whole run (conflict table)
     ports: tuple[int, ...] = (80, 443, 53)
-    delay_mean: float = 0.0002
-    delay_max: float = 0.0015
-    client_delay_max: float = 0.002
+    # One-way delays on a busy LAN: a few hundred microseconds at most, half
+    # the default guard. Delay spikes (a fault) go well past the guard.
+    delay_mean: float = 0.0001
+    delay_max: float = 0.0007
+    client_delay_max: float = 0.001
     tags: list[str] = field(default_factory=list)
 
 
