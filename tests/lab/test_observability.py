@@ -1,0 +1,69 @@
+"""What `status`, `sessions` and the metrics endpoint report, against what the
+clients saw."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+from appliance.lab import Lab
+from appliance.services import appliance_command
+from tests.lab.conftest import Cluster, unique_paths
+
+
+def test_status_counters_match_what_the_clients_saw(cluster: Cluster) -> None:
+    results = cluster.curl(unique_paths(60, "count")) + cluster.curl(
+        unique_paths(60, "count-par"), parallel=10
+    )
+    assert [code for _, code, _ in results] == [200] * 120
+    served = Counter(body for _, _, body in results)
+    won = {}
+    for member in cluster.members:
+        status = member.appliance.control("status")
+        assert status is not None
+        won[member.name] = status["counters"]["claims_won"]  # type: ignore[index]
+        assert status["counters"]["conflicts"] == 0  # type: ignore[index]
+        assert len(status["members"]) == 3  # type: ignore[arg-type]
+    assert won == {member.name: served[member.name] for member in cluster.members}
+
+
+def test_sessions_lists_each_session_with_its_owner(cluster: Cluster) -> None:
+    cluster.curl(unique_paths(10, "listed"))
+    member = cluster.members[0]
+    result = member.node.run([*appliance_command(), "sessions", "--json"])
+    listed = json.loads(result.stdout)
+    assert listed["total"] == 10 and len(listed["sessions"]) == 10
+    mine = sum(session["mine"] for session in listed["sessions"])
+    status = member.appliance.control("status")
+    assert status is not None
+    assert mine == status["counters"]["claims_won"]  # type: ignore[index]
+    assert all(session["owner"] for session in listed["sessions"])
+    text = member.node.run([*appliance_command(), "sessions"]).stdout
+    assert "tcp 10.77.0.101:" in text and "10 of 10 sessions" in text
+
+
+def test_metrics_endpoint_exposes_the_same_counters(lab_segment: Lab) -> None:
+    cluster = Cluster(lab_segment)
+    try:
+        member = cluster.add_member("--metrics-listen", "127.0.0.1:9150", dns=False)
+        cluster.add_member(dns=False)
+        assert all(code == 200 for _, code, _ in cluster.curl(unique_paths(40, "metrics")))
+        scraped = member.node.run(["curl", "-s", "http://127.0.0.1:9150/metrics"]).stdout
+        status = member.appliance.control("status")
+        assert status is not None
+        won = re.search(r"^appliance_claims_won_total (\S+)$", scraped, re.MULTILINE)
+        assert won is not None, scraped[:500]
+        assert float(won.group(1)) == status["counters"]["claims_won"]  # type: ignore[index]
+        assert re.search(r'^appliance_sessions\{state="owned"\} ', scraped, re.MULTILINE)
+        assert re.search(
+            r'^appliance_dropped_packets_total\{reason="foreign"\} ', scraped, re.MULTILINE
+        )
+        assert "appliance_members 2.0" in scraped
+        missing = member.node.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9150/"]
+        )
+        assert missing.stdout == "404"
+    finally:
+        for running in cluster.members:
+            running.appliance.stop()
