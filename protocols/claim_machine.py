@@ -228,6 +228,16 @@ DROP_REASONS = (
 )
 
 
+def _hear_owner(
+    session: Session, member_id: int, score: float, now: float, *, asserted: bool = False
+) -> None:
+    """Record the best claim (or an assertion) heard for a session this member does not serve."""
+    session.owner, session.owner_score = member_id, score
+    session.owner_heard_at = now
+    if asserted:
+        session.owner_asserted = True
+
+
 class ClaimMachine:
     """The claim protocol and session table of one member."""
 
@@ -699,15 +709,13 @@ class ClaimMachine:
             return
         if session.state is PENDING:
             if bid > (session.owner_score, session.owner):
-                session.owner, session.owner_score = claim.member_id, claim.score
-                session.owner_heard_at = now
+                _hear_owner(session, claim.member_id, claim.score, now)
             if not session.claim_sent:
                 # Someone claimed before our turn: stay silent.
                 self._lose(session, now)
             return
         if not session.owner_asserted and bid > (session.owner_score, session.owner):
-            session.owner, session.owner_score = claim.member_id, claim.score
-            session.owner_heard_at = now
+            _hear_owner(session, claim.member_id, claim.score, now)
 
     def _assertion(self, assertion: Assertion, now: float) -> None:
         session = self._table.get(assertion.session)
@@ -724,8 +732,7 @@ class ClaimMachine:
                         ResetLocalSession(session.key, (session.syn_sequence + 1) & 0xFFFFFFFF)
                     )
                 session.mine = False
-                session.owner, session.owner_score = assertion.member_id, assertion.score
-                session.owner_asserted, session.owner_heard_at = True, now
+                _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
                 session.next_assertion_at = None
                 if session.state is OWNED:
                     self._table.set_state(session, FOREIGN)
@@ -734,16 +741,13 @@ class ClaimMachine:
                 self._answer(session, now)
             return
         if session.state is PENDING:
-            session.owner, session.owner_score = assertion.member_id, assertion.score
-            session.owner_asserted, session.owner_heard_at = True, now
+            _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
             self._lose(session, now)
             return
         # A bystander keeps the best asserted owner: after a conflict it is
         # the one that stays.
         if not session.owner_asserted or bid > (session.owner_score, session.owner):
-            session.owner, session.owner_score = assertion.member_id, assertion.score
-            session.owner_heard_at = now
-        session.owner_asserted = True
+            _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
 
     def _learn_session(
         self, key: SessionKey, owner: int, score: float, asserted: bool, now: float
