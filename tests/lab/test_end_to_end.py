@@ -10,7 +10,9 @@ import hashlib
 import re
 import threading
 import time
+from pathlib import Path
 
+from appliance.lab import Lab
 from tests.lab.conftest import Cluster, client_neighbours, unique_paths
 
 DIG_QUERIES = 300
@@ -149,3 +151,25 @@ def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
     assert cluster_mac not in cluster.lab.switch_macs()
     neighbours = client_neighbours(cluster.client)
     assert re.search(rf"{re.escape(cluster.cluster_ip)} dev eth0 lladdr {cluster_mac}", neighbours)
+
+
+def test_multicast_mac_mode_serves_each_request_once(lab_segment: Lab, tmp_path: Path) -> None:
+    """For switches that do not flood unknown unicast: the cluster MAC carries the
+    group bit, the client accepts it from ARP, and each request is still served once."""
+    config = tmp_path / "multicast.toml"
+    config.write_text('cluster_mac_mode = "multicast"\n')
+    cluster = Cluster(lab_segment)
+    try:
+        for _ in range(2):
+            cluster.add_member("--config", str(config), dns=False)
+        results = cluster.curl(unique_paths(40, "multicast"), parallel=5)
+        assert [code for _, code, _ in results] == [200] * 40
+        assert set(cluster.served_uris().values()) == {1}
+        status = cluster.members[0].appliance.control("status")
+        assert status is not None
+        mac = str(status["cluster_mac"])
+        assert int(mac[:2], 16) & 0x01  # the group bit
+        assert mac in client_neighbours(cluster.client)
+    finally:
+        for member in cluster.members:
+            member.appliance.stop()
