@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -162,6 +163,9 @@ def dispatch(arguments: argparse.Namespace) -> int:
     if command == "demo":
         from appliance.demo import run_demo
 
+        # SIGTERM tears the lab down as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
+
         return run_demo(
             members=arguments.members,
             duration=arguments.duration,
@@ -174,6 +178,10 @@ def dispatch(arguments: argparse.Namespace) -> int:
         print(reference_table())
         return 0
     raise AssertionError(command)
+
+
+def _interrupt(number: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_daemon(arguments: argparse.Namespace) -> int:
@@ -218,7 +226,7 @@ def drain(arguments: argparse.Namespace) -> int:
     if arguments.command == "undrain":
         print("claiming new sessions again")
         return 0
-    owned = response["sessions"]["owned"] + response["sessions"]["closing"]
+    owned = response["sessions"]["serving"]
     print(f"draining: no new sessions; {owned} running session(s) left")
     if not arguments.wait:
         return 0
@@ -228,7 +236,7 @@ def drain(arguments: argparse.Namespace) -> int:
             raise UserError(f"still {owned} session(s) after {arguments.timeout:g}s")
         time.sleep(1.0)
         response = control_request(arguments.control_socket, {"command": "status"})
-        owned = response["sessions"]["owned"] + response["sessions"]["closing"]
+        owned = response["sessions"]["serving"]
     print("drained: no session left")
     return 0
 

@@ -318,6 +318,8 @@ def load_config(file: Path | None, overrides: Mapping[str, object]) -> Config:
             raise ConfigError(f"cannot read config file {file}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {file} is not UTF-8 text") from None
         unknown = sorted(set(raw) - KEYS_BY_NAME.keys())
         if unknown:
             raise ConfigError(

@@ -27,6 +27,8 @@ from appliance.errors import UserError
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 65536
+MAX_CLIENTS = 32  # at once; more wait in the listen backlog
+CLIENT_TIMEOUT = 2.0
 READ_ONLY = frozenset({"status", "sessions"})
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -59,17 +61,29 @@ class ControlServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        slots = trio.Semaphore(MAX_CLIENTS)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
-                    connection, _ = await self._socket.accept()
-                    nursery.start_soon(self._serve_client, connection)
+                    await slots.acquire()
+                    try:
+                        connection, _ = await self._socket.accept()
+                    except OSError as error:
+                        # Out of descriptors, or a client gone before accept:
+                        # wait a little and go on, as trio.serve_listeners does.
+                        slots.release()
+                        log.warning("control socket: accept failed: %s", error.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._serve_client, connection, slots)
         finally:
             self._socket.close()
             if not self.name.startswith("@"):
                 _remove_stale_socket(self.name)
 
-    async def _serve_client(self, connection: trio.socket.SocketType) -> None:
+    async def _serve_client(
+        self, connection: trio.socket.SocketType, slots: trio.Semaphore
+    ) -> None:
         """One request, one answer. A client's trouble never reaches the daemon."""
         stream = trio.SocketStream(connection)
         try:
@@ -81,7 +95,7 @@ class ControlServer:
                     ),
                 )
                 data = b""
-                with trio.move_on_after(5):
+                with trio.move_on_after(CLIENT_TIMEOUT):
                     while b"\n" not in data and len(data) < MAX_REQUEST:
                         chunk = await stream.receive_some(4096)
                         if not chunk:
@@ -91,6 +105,8 @@ class ControlServer:
                 await stream.send_all(json.dumps(response).encode() + b"\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             log.debug("control client went away: %s", error)
+        finally:
+            slots.release()
 
     def _respond(self, data: bytes, uid: int) -> dict[str, Any]:
         try:

@@ -32,6 +32,7 @@ from appliance.netlink import (
     bridge_facts,
     bridge_interface,
     configure_tun,
+    write_sysctl,
 )
 from appliance.notify import Notifier
 from protocols.claim_auth import ClaimAuthenticator
@@ -76,12 +77,10 @@ class Daemon:
     async def run(self) -> None:
         config = self.config
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            # Everything that can refuse comes before anything changes on the host.
+            key = config.claim_key()
             control = ControlServer(config.control_socket, self.handle_control)
             await control.bind()
-            report = await trio.to_thread.run_sync(
-                bridge_interface, config.interface, config.bridge
-            )
-            log.info("%s", report)
             holder = await trio.to_thread.run_sync(
                 address_in_use, config.cluster_ip, config.tun_name
             )
@@ -90,7 +89,15 @@ class Daemon:
                     f"{config.cluster_ip} is already an address of {holder}; the cluster IP "
                     "must live only on the appliance's TUN device"
                 )
-            key = config.claim_key()
+            report = await trio.to_thread.run_sync(
+                bridge_interface, config.interface, config.bridge
+            )
+            log.info("%s", report)
+            if config.cluster_mac_mode == "multicast":
+                # Frames to a multicast cluster MAC also reach the host's own
+                # stack through the bridge; its kernel must not answer them
+                # itself (UDP and ICMP would be served by every member).
+                write_sysctl(f"ipv4/conf/{config.bridge}/drop_unicast_in_l2_multicast", 1)
             facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
             tap = TapDevice(config.tap_name, offloads=config.offloads)
             try:
@@ -180,7 +187,9 @@ class Daemon:
         config = self.config
         while True:
             await trio.sleep(FACTS_INTERVAL)
-            listening = listening_ports(config.cluster_ip)
+            # /proc/net/tcp lists every socket: a busy server's is large, so it
+            # is read off the event loop.
+            listening = await trio.to_thread.run_sync(listening_ports, config.cluster_ip)
             self.machine.update_local(
                 trio.current_time(),
                 load=current_load() if config.load_aware else 0.0,
@@ -240,7 +249,9 @@ class Daemon:
         machine = self.machine
         statistics = machine.statistics()
         owners: dict[int, int] = {}
+        serving = 0  # sessions this member injects: owned, or closing after owned
         for session in machine.sessions():
+            serving += session.mine
             owner = self.member_id if session.mine else session.owner
             if session.state is not PENDING and owner >= 0:
                 owners[owner] = owners.get(owner, 0) + 1
@@ -279,7 +290,7 @@ class Daemon:
             "bridge": config.bridge,
             "uptime": round(time.time() - self.started_wall, 1),
             "draining": machine.draining,
-            "drained": machine.draining and statistics["owned"] == 0 and statistics["closing"] == 0,
+            "drained": machine.draining and serving == 0,
             "warming": machine.is_warming(now),
             "authenticated": self.plane.authenticator.enabled,
             "members": members,
@@ -289,6 +300,7 @@ class Daemon:
                 "pending": statistics["pending"],
                 "closing": statistics["closing"],
                 "total": statistics["sessions"],
+                "serving": serving,
             },
             "queued": {
                 "packets": statistics["queued_packets"],

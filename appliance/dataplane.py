@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
@@ -97,9 +98,8 @@ class DataPlane:
             with trio.CancelScope(deadline=machine.next_wakeup()) as self._waiting:
                 await wait_readable(self.tap.fd)
             self._waiting = None
-            now = trio.current_time()
-            drained = self.drain(now)
-            machine.handle_timer(now, sessions=drained)
+            drained = self.drain()
+            machine.handle_timer(trio.current_time(), sessions=drained)
             self.carry_out()
             if not drained:
                 self.counters.busy_batches += 1
@@ -111,13 +111,12 @@ class DataPlane:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def drain(self, now: float) -> bool:
+    def drain(self) -> bool:
         """Handle queued frames; True when the TAP's queue was emptied.
 
-        Claims and answers go out the moment the machine asks for them, and
-        the clock is read again for each frame that may start a claim: a
-        claim's guard window starts when the claim leaves, not when the batch
-        began.
+        Every frame is handled at its own time, and claims and answers go out
+        the moment the machine asks for them: a claim's guard window starts
+        when the claim leaves, not when the batch began.
         """
         read = os.read
         fd = self.tap.fd
@@ -127,7 +126,10 @@ class DataPlane:
         handle = machine.handle_client_packet
         inject = self.tun.inject
         counters = self.counters
-        clock = trio.current_time
+        # trio's clock is perf_counter plus an offset; reading it directly
+        # costs a fifth of trio.current_time(), which matters once per frame.
+        perf_counter = time.perf_counter
+        offset = trio.current_time() - perf_counter()
         first_client_kind = FIRST_CLIENT_KIND
         frames = 0
         emptied = False
@@ -140,18 +142,16 @@ class DataPlane:
             frames += 1
             record = classify(frame, start)
             if record[0] >= first_client_kind:
-                verdict = handle(record, frame, len(frame), now)
+                verdict = handle(record, frame, len(frame), perf_counter() + offset)
                 if verdict is INJECT:
                     if not inject(frame, record[3]):
                         counters.inject_errors += 1
                 elif verdict is QUEUED:
                     self.carry_out()  # the claim, now
-                    now = clock()
             else:
-                self._control_frame(frame, record, now)
+                self._control_frame(frame, record, perf_counter() + offset)
                 if machine.has_actions:
                     self.carry_out()  # an answer to a rival, now
-                now = clock()
         counters.frames += frames
         counters.wakeups += 1
         return emptied

@@ -44,9 +44,12 @@ def _ip(*arguments: str) -> None:
         raise UserError(f"ip {' '.join(arguments)}: {result.stderr.strip()}")
 
 
-def _lab_directory() -> Path:
-    """Logs and files of the lab's servers; nginx workers (www-data) must read it."""
-    directory = Path(tempfile.mkdtemp(prefix="appliance-lab-"))
+def _lab_directory(name: str) -> Path:
+    """Logs and files of the lab's servers; nginx workers (www-data) must read it.
+
+    Its name starts with the lab's, so a stale lab's directory is found too.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=f"appliance-lab-{name}-"))
     directory.chmod(0o755)
     return directory
 
@@ -101,8 +104,12 @@ class Lab:
     switch: str
     members: list[Node] = field(default_factory=list)
     clients: list[Node] = field(default_factory=list)
-    directory: Path = field(default_factory=_lab_directory)
+    directory: Path = field(default=Path())
     cluster_ip: IPv4Address = CLUSTER_IP
+
+    def __post_init__(self) -> None:
+        if self.directory == Path():
+            self.directory = _lab_directory(self.name)
 
     @property
     def nodes(self) -> list[Node]:
@@ -188,6 +195,9 @@ def remove_stale_labs() -> list[str]:
             continue
         _kill_namespace(path.name)
         removed.append(path.name)
+        lab_name = "-".join(parts[:3])
+        for directory in Path(tempfile.gettempdir()).glob(f"appliance-lab-{lab_name}-*"):
+            shutil.rmtree(directory, ignore_errors=True)
     return removed
 
 

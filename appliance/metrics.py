@@ -83,6 +83,15 @@ class MetricsServer:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        """One scrape. A client's trouble (a reset, garbage) never reaches the daemon."""
+        try:
+            await self._answer(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            log.debug("metrics client went away: %s", error)
+        except Exception:
+            log.exception("metrics request failed")
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
         async with stream:
             request = b""
             with trio.move_on_after(5):

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from appliance.errors import UserError
 from appliance.lab import Lab, Node
@@ -35,6 +36,7 @@ http {{
     keepalive_timeout 0;
     server {{
         listen 80 backlog=4096;
+        add_header X-Member {name} always;
         location / {{ return 200 "{name}\\n"; }}
         location /slow/ {{ alias {directory}/files/; limit_rate {rate}; }}
         location /files/ {{ alias {directory}/files/; }}
@@ -97,7 +99,12 @@ class MemberServices:
 
     def start_dnsmasq(self, cluster_ip: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.processes["dnsmasq"] = self.node.popen(
+        with (self.directory / "dnsmasq.stderr").open("wb") as stderr:
+            self.processes["dnsmasq"] = self._start_dnsmasq(cluster_ip, stderr)
+        self._wait_listening("udp", 53)
+
+    def _start_dnsmasq(self, cluster_ip: str, stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+        return self.node.popen(
             [
                 _executable("dnsmasq"),
                 "--keep-in-foreground",
@@ -115,9 +122,8 @@ class MemberServices:
                 "--cache-size=0",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "dnsmasq.stderr").open("wb"),
+            stderr=stderr,
         )
-        self._wait_listening("udp", 53)
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)

@@ -579,7 +579,10 @@ class ClaimMachine:
         session.last_seen = now
         self.counters.packets_injected += 1
         if flags & RST:
-            self._remove(session)
+            # The local kernel judges the RST (an off-path one, out of window,
+            # is ignored); the session lingers for fin_timeout either way, so
+            # a forged RST cannot make the cluster forget a live connection.
+            self._close(session, now)
             return INJECT
         if flags & SYN and not flags & ACK:
             if session.state is CLOSING and record.sequence != session.syn_sequence:
@@ -590,9 +593,8 @@ class ClaimMachine:
             return INJECT  # a retransmitted SYN: the local kernel answers it again
         if flags & ACK and not session.established:
             self._table.mark_established(session)
-        if flags & FIN and session.state is not CLOSING:
-            self._table.set_state(session, CLOSING)
-            self._table.schedule(session, now + self.settings.fin_timeout)
+        if flags & FIN:
+            self._close(session, now)
         return INJECT
 
     def _foreign_packet(
@@ -600,8 +602,8 @@ class ClaimMachine:
     ) -> Verdict:
         if record.kind is _KIND_TCP:
             flags = record.tcp_flags
-            if flags & RST:
-                self._remove(session)
+            if flags & (RST | FIN):
+                self._close(session, now)
             elif flags & SYN and not flags & ACK:
                 if session.state is CLOSING and record.sequence != session.syn_sequence:
                     self._remove(session)
@@ -611,9 +613,6 @@ class ClaimMachine:
                     # knocking: whoever claimed it is gone or lost its claim.
                     self._remove(session)
                     return self._new_session(session.key, record, packet, size, now)
-            elif flags & FIN and session.state is FOREIGN:
-                self._table.set_state(session, CLOSING)
-                self._table.schedule(session, now + self.settings.fin_timeout)
             elif flags & ACK and not session.established:
                 self._table.mark_established(session)
         elif self._unconfirmed(session, now):
@@ -621,6 +620,13 @@ class ClaimMachine:
             return self._new_session(session.key, record, packet, size, now)
         self.drops["foreign" if session.owner != NO_MEMBER else "not_claimed"] += 1
         return DROP
+
+    def _close(self, session: Session, now: float) -> None:
+        """The client ends the session (FIN or RST): keep it for fin_timeout."""
+        if session.state is not CLOSING:
+            self._table.set_state(session, CLOSING)
+            self._table.mark_established(session)  # no longer worth claiming again
+            self._table.schedule(session, now + self.settings.fin_timeout)
 
     def _unconfirmed(self, session: Session, now: float) -> bool:
         """No owner asserted this session, and the last claim is old news."""
@@ -637,6 +643,9 @@ class ClaimMachine:
             self.drops["unknown_fragment"] += 1
             return DROP
         session = self._table.get(entry[0])
+        if session is not None and session.state is PENDING:
+            # The rest of a first datagram: it waits with the first fragment.
+            return self._enqueue(session, packet, size)
         if session is None or not session.mine:
             self.drops["foreign"] += 1
             return DROP
@@ -736,6 +745,7 @@ class ClaimMachine:
                 session.next_assertion_at = None
                 if session.state is OWNED:
                     self._table.set_state(session, FOREIGN)
+                self._table.note_ownership(session)
                 self._schedule_expiry(session)
             else:
                 self._answer(session, now)
@@ -1001,8 +1011,15 @@ class ClaimMachine:
     # ----------------------------------------------------------------- table
 
     def _evict_one(self) -> bool:
-        """Make room by forgetting the oldest session that never got established."""
-        victim = self._table.oldest_unestablished()
+        """Make room: forget the oldest session that never got established, or
+        else the oldest session another member serves.
+
+        Forgetting a foreign session costs nothing: its packets are dropped as
+        unknown instead of as foreign. Sessions this member serves are never
+        evicted; a flood of completed handshakes to this member fills the
+        table until they idle out (see the README's known limits).
+        """
+        victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
         if victim is None:
             return False
         self._discard_queue(victim, "table_full")

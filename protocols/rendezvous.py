@@ -21,7 +21,7 @@ from protocols.session_key import SessionKey
 
 _KEY = struct.Struct("!BHH")
 _MEMBER = struct.Struct("!Q")
-_TWO_64 = float(2**64)
+_TWO_53 = float(2**53)
 
 
 def session_digest_input(key: SessionKey) -> bytes:
@@ -38,7 +38,9 @@ def rendezvous_score(session_bytes: bytes, member_id: int, weight: float) -> flo
     if weight <= 0:
         return 0.0
     digest = hashlib.blake2b(session_bytes + _MEMBER.pack(member_id), digest_size=8).digest()
-    unit = (int.from_bytes(digest, "big") + 0.5) / _TWO_64  # strictly inside (0, 1)
+    # 53 bits fit a double exactly, so `unit` is strictly inside (0, 1) and the
+    # logarithm is never 0 (with 64 bits, the largest digests round to 1.0).
+    unit = ((int.from_bytes(digest, "big") >> 11) + 0.5) / _TWO_53
     return weight / -math.log(unit)
 
 

@@ -120,6 +120,8 @@ class SessionTable:
         # Sessions not yet established, oldest first: the first to evict when
         # the table is full (a SYN flood fills exactly these).
         self._unestablished: OrderedDict[SessionKey, None] = OrderedDict()
+        # Sessions other members serve, oldest first: the next to evict.
+        self._foreign: OrderedDict[SessionKey, None] = OrderedDict()
         self.counts = dict.fromkeys(SessionState, 0)
 
     def __len__(self) -> int:
@@ -141,22 +143,38 @@ class SessionTable:
         self.counts[session.state] += 1
         if not session.established:
             self._unestablished[session.key] = None
+        self.note_ownership(session)
 
     def oldest_unestablished(self) -> Session | None:
         for key in self._unestablished:
             return self._sessions[key]
         return None
 
+    def oldest_foreign(self) -> Session | None:
+        for key in self._foreign:
+            return self._sessions[key]
+        return None
+
+    def note_ownership(self, session: Session) -> None:
+        """Keep the eviction order in step with `session.mine` and its state."""
+        if session.mine or session.state is PENDING:
+            self._foreign.pop(session.key, None)
+        elif session.key not in self._foreign:
+            self._foreign[session.key] = None
+
     def remove(self, session: Session) -> None:
         if self._sessions.pop(session.key, None) is session:
             self.counts[session.state] -= 1
             self._unestablished.pop(session.key, None)
+            self._foreign.pop(session.key, None)
             session.timer_at = None
 
     def set_state(self, session: Session, state: SessionState) -> None:
+        """Change state; call it after changing `mine`, so eviction order follows."""
         self.counts[session.state] -= 1
         session.state = state
         self.counts[state] += 1
+        self.note_ownership(session)
 
     def mark_established(self, session: Session) -> None:
         session.established = True

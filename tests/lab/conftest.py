@@ -55,13 +55,15 @@ class Cluster:
         max_time: float = 10.0,
         connect_timeout: float = 2.9,
     ) -> list[tuple[str, int, str]]:
-        """GET each path on a new connection: (path, HTTP status or 0, body) each.
+        """GET each path on a new connection: (path, HTTP status or 0, member) each.
 
-        The default connect timeout allows one SYN retransmission (sent after 1 s),
-        not two (the second goes after 3 s). The maximum time covers all paths.
+        The member comes from the X-Member header nginx adds, printed on the
+        same line as the status (bodies of parallel transfers may interleave).
+        The default connect timeout allows one SYN retransmission (sent after
+        1 s), not two (the second goes after 3 s). The maximum time covers all.
         """
         targets = [f"http://{self.cluster_ip}{path}" for path in paths]
-        write_out = "\n%{url} %{http_code}\n"
+        write_out = "\n%{url} %{http_code} member=%header{x-member}\n"
         result = self.client.run(
             [
                 "curl",
@@ -115,15 +117,11 @@ class Cluster:
 
 def parse_curl(output: str, cluster_ip: str) -> list[tuple[str, int, str]]:
     results = []
-    body: list[str] = []
     prefix = f"http://{cluster_ip}"
     for line in output.splitlines():
         if line.startswith(prefix):
-            url, code = line.rsplit(" ", 1)
-            results.append((url[len(prefix) :], int(code), "\n".join(body).strip()))
-            body = []
-        elif line:
-            body.append(line)
+            url, code, member = line.rsplit(" ", 2)
+            results.append((url[len(prefix) :], int(code), member.removeprefix("member=")))
     return results
 
 

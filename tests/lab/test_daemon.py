@@ -3,6 +3,7 @@ authenticate."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -134,33 +135,46 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
             cluster.add_member("--key-file", str(key_file), dns=False)
         status = cluster.members[0].appliance.control("status")
         assert status is not None and status["authenticated"]
-        # An attacker on the segment claims sessions without the key.
-        forged = encode_message(
-            Claim(
-                0xBAD,
-                1,
-                SessionKey(6, bytes([10, 77, 0, 101]), 40000, bytes([10, 77, 0, 10]), 80),
-                1e300,
-            )
-        )
+        # An attacker on the segment claims, without the key, the very sessions
+        # the client opens next (from ports 45000 to 45019), with a huge score.
+        forged = [
+            encode_message(
+                Claim(
+                    0xBAD,
+                    port,
+                    SessionKey(6, bytes([10, 77, 0, 101]), port, bytes([10, 77, 0, 10]), 80),
+                    1e300,
+                )
+            ).hex()
+            for port in range(45000, 45020)
+        ]
         cluster.client.run(
             [
                 "python3",
                 "-c",
                 "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_RAW, 150); "
-                "[s.sendto(bytes.fromhex(sys.argv[1]), ('10.77.0.10', 0)) for _ in range(20)]",
-                forged.hex(),
+                "[s.sendto(bytes.fromhex(m), ('10.77.0.10', 0)) for m in sys.argv[1:]]",
+                *forged,
             ]
         )
-        results = cluster.curl(unique_paths(60, "keyed"), parallel=5)
-        assert all(code == 200 for _, code, _ in results)
+        requests = " ".join(
+            f"curl -s -o /dev/null -w '%{{http_code}}\\n' --local-port {port} "
+            f"http://10.77.0.10/forged-{port};"
+            for port in range(45000, 45020)
+        )
+        codes = cluster.client.run(["bash", "-c", requests]).stdout.split()
+        assert codes == ["200"] * 20
         failures = 0
         for member in cluster.members:
             seen = member.appliance.control("status")
             assert seen is not None
             failures += seen["frames"]["auth_failures"]  # type: ignore[index]
             assert seen["counters"]["conflicts"] == 0  # type: ignore[index]
-        assert failures >= 20
+            listed = json.loads(
+                member.node.run([*appliance_command(), "sessions", "--json"]).stdout
+            )
+            assert "0000000000000bad" not in {entry["owner"] for entry in listed["sessions"]}
+        assert failures == 20 * len(cluster.members)
     finally:
         for member in cluster.members:
             member.appliance.stop()

@@ -155,16 +155,25 @@ def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
 
 def test_multicast_mac_mode_serves_each_request_once(lab_segment: Lab, tmp_path: Path) -> None:
     """For switches that do not flood unknown unicast: the cluster MAC carries the
-    group bit, the client accepts it from ARP, and each request is still served once."""
+    group bit, the client accepts it from ARP, and each request and each DNS query
+    is still served once (the members' own kernels must not answer what reaches
+    them through the bridge as multicast)."""
     config = tmp_path / "multicast.toml"
     config.write_text('cluster_mac_mode = "multicast"\n')
     cluster = Cluster(lab_segment)
     try:
         for _ in range(2):
-            cluster.add_member("--config", str(config), dns=False)
+            cluster.add_member("--config", str(config))
         results = cluster.curl(unique_paths(40, "multicast"), parallel=5)
         assert [code for _, code, _ in results] == [200] * 40
         assert set(cluster.served_uris().values()) == {1}
+        script = (
+            f"for i in $(seq 20); do dig +short +tries=1 +time=3 @{cluster.cluster_ip} "
+            "TXT whoami.cluster; done"
+        )
+        answers = re.findall(r'"(m\d+)"', cluster.client.run(["bash", "-c", script]).stdout)
+        assert len(answers) == 20
+        assert sum(len(member.services.dns_queries()) for member in cluster.members) == 20
         status = cluster.members[0].appliance.control("status")
         assert status is not None
         mac = str(status["cluster_mac"])

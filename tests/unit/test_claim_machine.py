@@ -15,7 +15,7 @@ from protocols.claim_machine import (
     SettingsError,
     Verdict,
 )
-from protocols.classifier import Classified, FrameKind
+from protocols.classifier import Classified, FragmentKey, FrameKind
 from protocols.rendezvous import rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
 from protocols.session_table import CLOSING, FOREIGN, OWNED, PENDING, Session
@@ -760,15 +760,36 @@ def test_client_fin_closes_the_session_after_fin_timeout() -> None:
     assert machine.session(key) is None
 
 
-def test_client_rst_removes_an_owned_session_at_once() -> None:
+def test_client_rst_closes_an_owned_session_which_lingers_for_fin_timeout() -> None:
+    """The local kernel judges the RST; a forged one (out of window) must not make
+    the member forget a live connection, so the session lingers while traffic goes on."""
     machine = new_machine()
     key = tcp_key()
     won_at = win_alone(machine, key, 0.1)
     machine.handle_client_packet(tcp(key, ACK), "ack", 54, won_at)
 
     assert machine.handle_client_packet(tcp(key, RST), "rst", 54, 0.2) is Verdict.INJECT
+    assert session_of(machine, key).state is CLOSING
+    assert machine.handle_client_packet(tcp(key, ACK), "more", 54, 5.0) is Verdict.INJECT
+    run_until(machine, 5.0 + SETTINGS.fin_timeout - 0.01)
+    assert machine.session(key) is not None
+    run_until(machine, 5.0 + SETTINGS.fin_timeout + 1.0)
     assert machine.session(key) is None
-    assert machine.statistics()["sessions"] == 0
+
+
+def test_fragments_of_a_first_datagram_wait_with_it() -> None:
+    machine = new_machine(now=0.0)
+    run_until(machine, SETTINGS.join_grace + 0.1)  # past warm-up: UDP flows may be claimed
+    key = udp_key()
+    fragment = FragmentKey(UDP, CLIENT, CLUSTER, 0x5150)
+    first = Classified(FrameKind.UDP, key, 0, 14, 42, 0, None, fragment)
+    later = Classified(FrameKind.FRAGMENT, None, 0, 14, 34, 0, None, fragment)
+    now = SETTINGS.join_grace + 0.2
+    assert machine.handle_client_packet(first, "first", 1514, now) is Verdict.QUEUED
+    assert machine.handle_client_packet(later, "later", 600, now + 0.0001) is Verdict.QUEUED
+    machine.pop_actions()
+    machine.handle_timer(now + GUARD)
+    assert injected(machine.pop_actions()) == [InjectPackets(key, ("first", "later"))]
 
 
 def test_client_rst_aborts_a_pending_claim() -> None:
