@@ -13,8 +13,10 @@ own address, bypassing the appliance; "cluster" is the cluster IP. Figures:
   connection (Connection: close) to nginx;
 - first-packet latency: TCP connect() time (SYN to SYN-ACK) at p50 and p99.
 
-Writes tools/figures/lab.json. Ratios carry over between machines; absolute
-figures do not.
+Each figure is the median of --rounds rounds (3 by default), each round
+measuring both paths, so a burst of noise on a shared VM moves one round, not
+the result. Writes tools/figures/lab.json with every round. Ratios carry over
+between machines; absolute figures do not.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     parser.add_argument("--probes", type=int, default=500, help="connects for the latency figure")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     arguments = parser.parse_args()
     with lab(members=0, clients=1) as segment:
         start_member(segment, dns=False)
@@ -126,10 +129,16 @@ def main() -> None:
         time.sleep(0.5)
         try:
             print(f"lab with {arguments.members} members; every session served by m1")
-            figures = measure(segment, arguments.seconds, arguments.probes)
+            rounds = []
+            for number in range(arguments.rounds):
+                print(f"round {number + 1} of {arguments.rounds}")
+                rounds.append(measure(segment, arguments.seconds, arguments.probes))
         finally:
             iperf_server.terminate()
-    direct, cluster = figures["direct"], figures["cluster"]
+    direct, cluster = (
+        {key: statistics.median(one[path][key] for one in rounds) for key in rounds[0][path]}
+        for path in ("direct", "cluster")
+    )
     ratios = {
         "upload": cluster["upload_gbps"] / direct["upload_gbps"],
         "download": cluster["download_gbps"] / direct["download_gbps"],
@@ -139,6 +148,7 @@ def main() -> None:
         "connect_p99": cluster["connect_p99_ms"] / direct["connect_p99_ms"],
     }
     print()
+    print(f"medians of {arguments.rounds} rounds")
     print(f"{'':34} {'direct':>10} {'cluster':>10} {'ratio':>7}")
     rows = [
         ("bulk TCP client->server (Gbit/s)", "upload_gbps", "upload"),
@@ -155,6 +165,7 @@ def main() -> None:
             {
                 "members": arguments.members,
                 "seconds": arguments.seconds,
+                "rounds": rounds,
                 "python": platform.python_version(),
                 "cpus": __import__("os").cpu_count(),
                 "direct": direct,
