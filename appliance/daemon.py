@@ -58,6 +58,18 @@ def current_load() -> float:
         return 0.0
 
 
+TRANSPORT_NAMES = {6: "tcp", 17: "udp"}
+
+
+def describe_ports(pairs: frozenset[tuple[int, int]] | None) -> list[str] | None:
+    """Listening (transport, port) pairs as sorted "tcp/80" strings; None: all ports."""
+    if pairs is None:
+        return None
+    return [
+        f"{TRANSPORT_NAMES.get(transport, transport)}/{port}" for transport, port in sorted(pairs)
+    ]
+
+
 class Daemon:
     def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
         self.config = config
@@ -292,6 +304,7 @@ class Daemon:
             "draining": machine.draining,
             "drained": machine.draining and serving == 0,
             "warming": machine.is_warming(now),
+            "listening": describe_ports(machine.listening),
             "authenticated": self.plane.authenticator.enabled,
             "members": members,
             "sessions": {

@@ -414,6 +414,11 @@ class ClaimMachine:
     def draining(self) -> bool:
         return self._draining
 
+    @property
+    def listening(self) -> frozenset[tuple[int, int]] | None:
+        """(transport, port) pairs the local service accepts; None: not checked."""
+        return self._listening
+
     def is_warming(self, now: float) -> bool:
         return now < self._started + self.settings.join_grace
 

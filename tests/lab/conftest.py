@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -46,6 +47,30 @@ class Cluster:
         member = start_member(self.lab, *appliance_flags, dns=dns)
         self.members.append(member)
         return member
+
+    def wait_settled(self, timeout: float = 20.0) -> None:
+        """Until every member is past its warm-up (it claims UDP flows only then),
+        sees all the others, and has seen its servers' ports listening."""
+        deadline = time.monotonic() + timeout
+        pending: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            pending = {}
+            for member in self.members:
+                status = member.appliance.control("status")
+                assert status is not None
+                listening = status["listening"]
+                assert isinstance(listening, list)
+                members = status["members"]
+                assert isinstance(members, list)
+                wanted = {"tcp/80", *(["udp/53"] if "dnsmasq" in member.services.processes else [])}
+                if status["warming"] or len(members) != len(self.members):
+                    pending[member.name] = (status["warming"], len(members))
+                elif not wanted <= set(listening):
+                    pending[member.name] = listening
+            if not pending:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the cluster did not settle: {pending}")
 
     def curl(
         self,
@@ -143,6 +168,7 @@ def cluster(lab_segment: Lab) -> Iterator[Cluster]:
     try:
         for _ in range(3):
             built.add_member()
+        built.wait_settled()
         yield built
     finally:
         for member in built.members:

@@ -133,6 +133,7 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
     try:
         for _ in range(2):
             cluster.add_member("--key-file", str(key_file), dns=False)
+        cluster.wait_settled()
         status = cluster.members[0].appliance.control("status")
         assert status is not None and status["authenticated"]
         # An attacker on the segment claims, without the key, the very sessions

@@ -132,7 +132,10 @@ def test_a_member_whose_service_is_down_stops_claiming(cluster: Cluster) -> None
     request fails."""
     down = cluster.members[1]
     down.services.stop("nginx")
-    time.sleep(1.5)  # the appliance reads the socket table every second
+    deadline = time.monotonic() + 5  # the appliance reads the socket table every second
+    while "tcp/80" in down.appliance.control("status")["listening"]:  # type: ignore[index,operator]
+        assert time.monotonic() < deadline, "the appliance still sees nginx listening"
+        time.sleep(0.1)
     results = cluster.curl(unique_paths(150, "down"), parallel=10)
     assert all(code == 200 for _, code, _ in results), [r for r in results if r[1] != 200][:5]
     assert down.name not in {body for _, _, body in results}
@@ -164,6 +167,7 @@ def test_multicast_mac_mode_serves_each_request_once(lab_segment: Lab, tmp_path:
     try:
         for _ in range(2):
             cluster.add_member("--config", str(config))
+        cluster.wait_settled()
         results = cluster.curl(unique_paths(40, "multicast"), parallel=5)
         assert [code for _, code, _ in results] == [200] * 40
         assert set(cluster.served_uris().values()) == {1}

@@ -48,6 +48,7 @@ def test_metrics_endpoint_exposes_the_same_counters(lab_segment: Lab) -> None:
     try:
         member = cluster.add_member("--metrics-listen", "127.0.0.1:9150", dns=False)
         cluster.add_member(dns=False)
+        cluster.wait_settled()
         assert all(code == 200 for _, code, _ in cluster.curl(unique_paths(40, "metrics")))
         scraped = member.node.run(["curl", "-s", "http://127.0.0.1:9150/metrics"]).stdout
         status = member.appliance.control("status")

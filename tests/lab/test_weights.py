@@ -12,6 +12,7 @@ def test_a_weight_2_member_takes_about_half_of_600_sessions(lab_segment: Lab) ->
         heavy = cluster.add_member("--weight", "2", dns=False)
         cluster.add_member(dns=False)
         cluster.add_member(dns=False)
+        cluster.wait_settled()
         results = cluster.curl(unique_paths(600, "weight"), parallel=20)
         assert all(code == 200 for _, code, _ in results)
         share = sum(body == heavy.name for _, _, body in results) / len(results)
