@@ -207,11 +207,23 @@ def summarize(state: DemoState, cluster: list[LabMember], console: Console) -> i
     console.print()
     console.print("[bold]summary[/]")
     console.print(f"  requests sent: {total} (HTTP {by_kind['http']}, DNS {by_kind['dns']})")
+    unexplained = []
+    # Each answered request is one session its member won. A failed attempt
+    # may also have been won, by a member that then answered too late.
+    failed_attempts = sum(len(result["errors"]) for result in results)
     for member in cluster:
-        note = " (killed)" if member.name == state.killed else ""
+        count = served.get(member.name, 0)
+        if member.name == state.killed:
+            console.print(f"  served by {member.name} (killed): {count}")
+            continue
         won = state.statuses.get(member.name, {}).get("counters", {}).get("claims_won")
-        cross = f", won {won} claims per its status" if won is not None and not note else ""
-        console.print(f"  served by {member.name}{note}: {served.get(member.name, 0)}{cross}")
+        console.print(f"  served by {member.name}: {count}, won {won} claims per its status")
+        if won is None or not count <= won <= count + failed_attempts:
+            unexplained.append(f"{member.name} served {count} but won {won}")
+    if unexplained:
+        console.print(f"  [red]status differs from the clients: {'; '.join(unexplained)}[/]")
+    else:
+        console.print("  status counters match the clients")
     console.print(f"  answered after one retry: {retried}")
     console.print(f"  lost: {lost}", style="bold red" if lost else "bold green")
     if state.killed_at is not None:
@@ -234,6 +246,8 @@ def summarize(state: DemoState, cluster: list[LabMember], console: Console) -> i
         return 1
     if total == 0:
         console.print("  [red]the clients sent nothing[/]")
+        return 1
+    if unexplained:
         return 1
     console.print("[bold green]every request was answered[/]")
     return 0

@@ -3,14 +3,17 @@
     python -m appliance.loadgen --cluster-ip 10.77.0.10 --duration 20
 
 Run inside the client namespace. Every HTTP request uses a new TCP connection
-and every DNS query a new UDP source port, so each is a new session for the
-cluster. A request that fails is retried once on a new session, as real
+and every DNS query a UDP source port not used before in the run, so each is a
+new session for the cluster (the kernel's random choice would repeat ports
+within minutes, and a repeated port is the same UDP flow, served by its owner
+without a new claim). A request that fails is retried once on a new session, as real
 clients do; only a request whose retry also fails counts as lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import secrets
 import socket
@@ -58,10 +61,35 @@ async def http_once(cluster_ip: str, path: str) -> str:
     return body.decode(errors="replace").strip()
 
 
-async def dns_once(cluster_ip: str) -> str:
+class SourcePorts:
+    """UDP source ports in turn from a random start, each once per lap of the range."""
+
+    FIRST, LAST = 20000, 59999
+
+    def __init__(self) -> None:
+        self._next = self.FIRST + secrets.randbelow(self.LAST - self.FIRST + 1)
+
+    def take(self) -> int:
+        port = self._next
+        self._next = self.FIRST if port == self.LAST else port + 1
+        return port
+
+
+async def bind_unused(sock: trio.socket.SocketType, ports: SourcePorts) -> None:
+    for _ in range(100):
+        try:
+            await sock.bind(("0.0.0.0", ports.take()))
+            return
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, "no free UDP source port")
+
+
+async def dns_once(cluster_ip: str, ports: SourcePorts) -> str:
     query_id = secrets.randbelow(65536)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        await sock.bind(("0.0.0.0", 0))  # a new source port: a new flow
+        await bind_unused(sock, ports)  # a new source port: a new flow
         await sock.sendto(dns_query(query_id), (cluster_ip, 53))
         with trio.fail_after(DNS_TIMEOUT):
             while True:
@@ -71,7 +99,9 @@ async def dns_once(cluster_ip: str) -> str:
                     return answer
 
 
-async def one_request(kind: str, number: int, cluster_ip: str, run: str) -> None:
+async def one_request(
+    kind: str, number: int, cluster_ip: str, run: str, ports: SourcePorts
+) -> None:
     started = time.monotonic()
     errors = []
     for attempt in range(2):
@@ -79,7 +109,7 @@ async def one_request(kind: str, number: int, cluster_ip: str, run: str) -> None
             if kind == "http":
                 member = await http_once(cluster_ip, f"/demo-{run}-{number}-{attempt}")
             else:
-                member = await dns_once(cluster_ip)
+                member = await dns_once(cluster_ip, ports)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as error:
             errors.append(
                 type(error).__name__ if isinstance(error, trio.TooSlowError) else str(error)
@@ -116,12 +146,13 @@ def emit(
 
 async def generate(cluster_ip: str, duration: float, http_rate: float, dns_rate: float) -> None:
     run = secrets.token_hex(4)
+    ports = SourcePorts()
     deadline = time.monotonic() + duration
 
     async def ticker(kind: str, rate: float, nursery: trio.Nursery) -> None:
         number = 0
         while time.monotonic() < deadline:
-            nursery.start_soon(one_request, kind, number, cluster_ip, run)
+            nursery.start_soon(one_request, kind, number, cluster_ip, run, ports)
             number += 1
             await trio.sleep(1.0 / rate)
 
