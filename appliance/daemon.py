@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from ipaddress import IPv4Address
 from typing import Any
 
 import trio
@@ -132,7 +133,7 @@ class Daemon:
         control: ControlServer,
         tap: TapDevice,
         tun: TunDevice,
-        member_ip: object,
+        member_ip: IPv4Address | None,
         key: bytes | None,
         signals: Any,
     ) -> None:
@@ -150,7 +151,7 @@ class Daemon:
             own_mac=tap.mac,
             cluster_mac=self.cluster_mac,
             cluster_ip=config.cluster_ip,
-            member_ip=member_ip,  # type: ignore[arg-type]
+            member_ip=member_ip,
             claim_protocol=config.claim_protocol,
         )
         self.plane = DataPlane(

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from appliance.errors import UserError
 from appliance.lab import Lab, Node
@@ -192,14 +192,22 @@ class Appliance:
             time.sleep(0.1)
         raise UserError(f"{self.node.name}: the appliance did not come up: {self.log_tail()}")
 
-    def control(self, command: str, *, check: bool = True) -> dict[str, object] | None:
+    def control(self, command: str, *, check: bool = True) -> dict[str, Any] | None:
+        """`appliance-ctl COMMAND --json` in the member's namespace; None if it failed
+        and `check` is off."""
         result = self.node.run([*appliance_command(), command, "--json"], check=False)
         if result.returncode != 0:
             if check:
                 raise UserError(f"{self.node.name}: {command}: {result.stderr.strip()}")
             return None
-        response: dict[str, object] = json.loads(result.stdout)
+        response: dict[str, Any] = json.loads(result.stdout)
         return response
+
+    def status(self) -> dict[str, Any]:
+        """`appliance-ctl status --json`; raises if the daemon does not answer."""
+        status = self.control("status")
+        assert status is not None
+        return status
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -56,17 +56,12 @@ class Cluster:
         while time.monotonic() < deadline:
             pending = {}
             for member in self.members:
-                status = member.appliance.control("status")
-                assert status is not None
-                listening = status["listening"]
-                assert isinstance(listening, list)
-                members = status["members"]
-                assert isinstance(members, list)
+                status = member.appliance.status()
                 wanted = {"tcp/80", *(["udp/53"] if "dnsmasq" in member.services.processes else [])}
-                if status["warming"] or len(members) != len(self.members):
-                    pending[member.name] = (status["warming"], len(members))
-                elif not wanted <= set(listening):
-                    pending[member.name] = listening
+                if status["warming"] or len(status["members"]) != len(self.members):
+                    pending[member.name] = (status["warming"], len(status["members"]))
+                elif not wanted <= set(status["listening"]):
+                    pending[member.name] = status["listening"]
             if not pending:
                 return
             time.sleep(0.2)

@@ -66,7 +66,12 @@ def test_one_daemon_per_namespace_and_clear_errors(lab_segment: Lab) -> None:
     theirs = Appliance(other, lab_segment.directory / "theirs.log")
     mine.start(str(lab_segment.cluster_ip))
     theirs.start(str(lab_segment.cluster_ip))
-    assert mine.control("status") != theirs.control("status")
+    # Each command reached the daemon of its own namespace: it reports that host's
+    # address as its own, and the two daemons are distinct members.
+    for appliance, host in ((mine, node), (theirs, other)):
+        own = [member for member in appliance.status()["members"] if member["self"]]
+        assert [member["address"] for member in own] == [str(host.address)]
+    assert mine.status()["member_id"] != theirs.status()["member_id"]
     mine.stop()
     theirs.stop()
 
@@ -78,8 +83,7 @@ def test_gratuitous_arp_at_start_teaches_neighbours_the_cluster_mac(lab_segment:
     bridge_member(node)
     appliance = Appliance(node, lab_segment.directory / "appliance.log")
     appliance.start(str(lab_segment.cluster_ip))
-    status = appliance.control("status")
-    assert status is not None
+    status = appliance.status()
     deadline = time.monotonic() + 5
     neighbours = ""
     while time.monotonic() < deadline and str(status["cluster_mac"]) not in neighbours:
@@ -110,15 +114,14 @@ def test_drain_moves_new_sessions_away_and_keeps_running_ones(cluster: Cluster) 
     assert draining.name not in {body for _, _, body in after}
     assert all((code, size) == (200, 1_000_000) for _, code, size in running), running
     deadline = time.monotonic() + 15
-    status = draining.appliance.control("status")
-    while status is not None and not status["drained"] and time.monotonic() < deadline:
+    status = draining.appliance.status()
+    while not status["drained"] and time.monotonic() < deadline:
         time.sleep(0.5)
-        status = draining.appliance.control("status")
-    assert status is not None and status["drained"] and status["draining"]
+        status = draining.appliance.status()
+    assert status["drained"] and status["draining"]
     for member in cluster.members[1:]:
-        seen = member.appliance.control("status")
-        assert seen is not None
-        flags = {entry["member_id"]: entry["draining"] for entry in seen["members"]}  # type: ignore[attr-defined]
+        seen = member.appliance.status()
+        flags = {entry["member_id"]: entry["draining"] for entry in seen["members"]}
         assert flags[status["member_id"]] is True
     draining.node.run([*appliance_command(), "undrain"])
     again = cluster.curl(unique_paths(120, "undrained"), parallel=10)
@@ -134,8 +137,8 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
         for _ in range(2):
             cluster.add_member("--key-file", str(key_file), dns=False)
         cluster.wait_settled()
-        status = cluster.members[0].appliance.control("status")
-        assert status is not None and status["authenticated"]
+        status = cluster.members[0].appliance.status()
+        assert status["authenticated"]
         # An attacker on the segment claims, without the key, the very sessions
         # the client opens next (from ports 45000 to 45019), with a huge score.
         forged = [
@@ -167,10 +170,9 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
         assert codes == ["200"] * 20
         failures = 0
         for member in cluster.members:
-            seen = member.appliance.control("status")
-            assert seen is not None
-            failures += seen["frames"]["auth_failures"]  # type: ignore[index]
-            assert seen["counters"]["conflicts"] == 0  # type: ignore[index]
+            seen = member.appliance.status()
+            failures += seen["frames"]["auth_failures"]
+            assert seen["counters"]["conflicts"] == 0
             listed = json.loads(
                 member.node.run([*appliance_command(), "sessions", "--json"]).stdout
             )

@@ -133,23 +133,21 @@ def test_a_member_whose_service_is_down_stops_claiming(cluster: Cluster) -> None
     down = cluster.members[1]
     down.services.stop("nginx")
     deadline = time.monotonic() + 5  # the appliance reads the socket table every second
-    while "tcp/80" in down.appliance.control("status")["listening"]:  # type: ignore[index,operator]
+    while "tcp/80" in down.appliance.status()["listening"]:
         assert time.monotonic() < deadline, "the appliance still sees nginx listening"
         time.sleep(0.1)
     results = cluster.curl(unique_paths(150, "down"), parallel=10)
     assert all(code == 200 for _, code, _ in results), [r for r in results if r[1] != 200][:5]
     assert down.name not in {body for _, _, body in results}
-    status = down.appliance.control("status")
-    assert status is not None
-    assert status["drops"]["not_claimed"] >= 1  # type: ignore[index]
+    status = down.appliance.status()
+    assert status["drops"]["not_claimed"] >= 1
 
 
 def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
     """The switch never learns the cluster MAC; the client maps the cluster IP to it."""
     results = cluster.curl(unique_paths(50, "mac"), parallel=5)
     assert all(code == 200 for _, code, _ in results)
-    status = cluster.members[0].appliance.control("status")
-    assert status is not None
+    status = cluster.members[0].appliance.status()
     cluster_mac = str(status["cluster_mac"])
     assert cluster_mac not in cluster.lab.switch_macs()
     neighbours = client_neighbours(cluster.client)
@@ -178,8 +176,7 @@ def test_multicast_mac_mode_serves_each_request_once(lab_segment: Lab, tmp_path:
         answers = re.findall(r'"(m\d+)"', cluster.client.run(["bash", "-c", script]).stdout)
         assert len(answers) == 20
         assert sum(len(member.services.dns_queries()) for member in cluster.members) == 20
-        status = cluster.members[0].appliance.control("status")
-        assert status is not None
+        status = cluster.members[0].appliance.status()
         mac = str(status["cluster_mac"])
         assert int(mac[:2], 16) & 0x01  # the group bit
         assert mac in client_neighbours(cluster.client)

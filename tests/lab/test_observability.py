@@ -20,11 +20,10 @@ def test_status_counters_match_what_the_clients_saw(cluster: Cluster) -> None:
     served = Counter(body for _, _, body in results)
     won = {}
     for member in cluster.members:
-        status = member.appliance.control("status")
-        assert status is not None
-        won[member.name] = status["counters"]["claims_won"]  # type: ignore[index]
-        assert status["counters"]["conflicts"] == 0  # type: ignore[index]
-        assert len(status["members"]) == 3  # type: ignore[arg-type]
+        status = member.appliance.status()
+        won[member.name] = status["counters"]["claims_won"]
+        assert status["counters"]["conflicts"] == 0
+        assert len(status["members"]) == 3
     assert won == {member.name: served[member.name] for member in cluster.members}
 
 
@@ -35,9 +34,8 @@ def test_sessions_lists_each_session_with_its_owner(cluster: Cluster) -> None:
     listed = json.loads(result.stdout)
     assert listed["total"] == 10 and len(listed["sessions"]) == 10
     mine = sum(session["mine"] for session in listed["sessions"])
-    status = member.appliance.control("status")
-    assert status is not None
-    assert mine == status["counters"]["claims_won"]  # type: ignore[index]
+    status = member.appliance.status()
+    assert mine == status["counters"]["claims_won"]
     assert all(session["owner"] for session in listed["sessions"])
     text = member.node.run([*appliance_command(), "sessions"]).stdout
     assert "tcp 10.77.0.101:" in text and "10 of 10 sessions" in text
@@ -51,11 +49,10 @@ def test_metrics_endpoint_exposes_the_same_counters(lab_segment: Lab) -> None:
         cluster.wait_settled()
         assert all(code == 200 for _, code, _ in cluster.curl(unique_paths(40, "metrics")))
         scraped = member.node.run(["curl", "-s", "http://127.0.0.1:9150/metrics"]).stdout
-        status = member.appliance.control("status")
-        assert status is not None
+        status = member.appliance.status()
         won = re.search(r"^appliance_claims_won_total (\S+)$", scraped, re.MULTILINE)
         assert won is not None, scraped[:500]
-        assert float(won.group(1)) == status["counters"]["claims_won"]  # type: ignore[index]
+        assert float(won.group(1)) == status["counters"]["claims_won"]
         assert re.search(r'^appliance_sessions\{state="owned"\} ', scraped, re.MULTILINE)
         assert re.search(
             r'^appliance_dropped_packets_total\{reason="foreign"\} ', scraped, re.MULTILINE
