@@ -254,12 +254,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"({status['interface']}): {state}",
         f"this member: {status['member_id']}, up {status['uptime']:.0f}s"
         + (", claims authenticated" if status["authenticated"] else ""),
-        "listening on: "
-        + (
-            "every port (not checked)"
-            if status["listening"] is None
-            else " ".join(status["listening"]) or "nothing (claims no session)"
-        ),
+        "listening on: " + (" ".join(status["listening"]) or "nothing (claims ICMP only)"),
         "",
         f"  {'member':18} {'address':15} {'last seen':>9} {'weight':>7} {'share':>6}",
     ]

@@ -336,12 +336,8 @@ def load_config(file: Path | None, overrides: Mapping[str, object]) -> Config:
         raise ConfigError(
             "cluster_ip is required: give --cluster-ip ADDR or set it in the config file"
         )
-    if values["member_timeout"] <= values["hello_interval"]:
-        raise ConfigError(
-            f"member_timeout ({values['member_timeout']}) must exceed "
-            f"hello_interval ({values['hello_interval']})"
-        )
-    if values["tap_name"] in (values["tun_name"], values["bridge"], values["interface"]):
+    names = ("tap_name", "tun_name", "bridge", "interface")
+    if len({values[name] for name in names}) < len(names):
         raise ConfigError("tap_name, tun_name, bridge and interface must all differ")
     config = Config(values)
     config.claim_settings()  # validates the protocol settings as a whole
@@ -359,7 +355,7 @@ def reference_table() -> str:
             default = "(none)"
         elif isinstance(default, bool):
             default = str(default).lower()
-        elif isinstance(default, str) and key.name != "cluster_ip":
+        elif isinstance(default, str):
             default = f'"{default}"'
         flag = f"`--{key.name.replace('_', '-')}`" if key.flag else ""
         lines.append(f"| `{key.name}` | {default} | {flag} | {key.meaning} |")

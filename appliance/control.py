@@ -11,11 +11,13 @@ the daemon's own user, checked with SO_PEERCRED.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +44,7 @@ class ControlServer:
         self.name = name
         self._handler = handler
         self._socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._made_file = False  # a path socket this server bound, to remove on close
 
     async def bind(self) -> None:
         """Claim the socket name; fails if a daemon already runs in this namespace."""
@@ -57,7 +60,16 @@ class ControlServer:
                     f"(control socket {self.name} is taken); stop it first"
                 ) from None
             raise UserError(f"cannot bind control socket {self.name}: {error.strerror}") from None
+        self._made_file = not self.name.startswith("@")
         self._socket.listen(16)
+
+    def close(self) -> None:
+        """Close the socket, and remove its file if this server bound it."""
+        self._socket.close()
+        if self._made_file:
+            self._made_file = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.name)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -77,9 +89,7 @@ class ControlServer:
                         continue
                     nursery.start_soon(self._serve_client, connection, slots)
         finally:
-            self._socket.close()
-            if not self.name.startswith("@"):
-                _remove_stale_socket(self.name)
+            self.close()
 
     async def _serve_client(
         self, connection: trio.socket.SocketType, slots: trio.Semaphore
@@ -125,6 +135,14 @@ class ControlServer:
 
 
 def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a daemon that died; never any other file."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise UserError(
+                f"control_socket: {path} exists and is not a socket; choose another path"
+            )
+    except FileNotFoundError:
+        return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)

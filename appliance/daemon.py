@@ -10,6 +10,7 @@ goodbye to its peers and closes its devices, which removes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -40,7 +41,7 @@ from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import ClaimMachine
 from protocols.classifier import Classifier
 from protocols.cluster_mac import cluster_mac
-from protocols.rendezvous import effective_weight
+from protocols.session_key import TRANSPORT_NAMES
 from protocols.session_table import PENDING
 
 log = logging.getLogger("appliance")
@@ -59,16 +60,9 @@ def current_load() -> float:
         return 0.0
 
 
-TRANSPORT_NAMES = {6: "tcp", 17: "udp"}
-
-
-def describe_ports(pairs: frozenset[tuple[int, int]] | None) -> list[str] | None:
-    """Listening (transport, port) pairs as sorted "tcp/80" strings; None: all ports."""
-    if pairs is None:
-        return None
-    return [
-        f"{TRANSPORT_NAMES.get(transport, transport)}/{port}" for transport, port in sorted(pairs)
-    ]
+def describe_ports(pairs: frozenset[tuple[int, int]]) -> list[str]:
+    """Listening (transport, port) pairs as sorted "tcp/80" strings."""
+    return [f"{TRANSPORT_NAMES[transport]}/{port}" for transport, port in sorted(pairs)]
 
 
 class Daemon:
@@ -89,10 +83,14 @@ class Daemon:
 
     async def run(self) -> None:
         config = self.config
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with (
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+            contextlib.ExitStack() as cleanup,  # undoes what was made, in reverse
+        ):
             # Everything that can refuse comes before anything changes on the host.
             key = config.claim_key()
             control = ControlServer(config.control_socket, self.handle_control)
+            cleanup.callback(control.close)
             await control.bind()
             holder = await trio.to_thread.run_sync(
                 address_in_use, config.cluster_ip, config.tun_name
@@ -113,20 +111,17 @@ class Daemon:
                 write_sysctl(f"ipv4/conf/{config.bridge}/drop_unicast_in_l2_multicast", 1)
             facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
             tap = TapDevice(config.tap_name, offloads=config.offloads)
-            try:
-                tun = TunDevice(config.tun_name, offloads=config.offloads)
-                try:
-                    await trio.to_thread.run_sync(attach_tap, tap.name, config.bridge, facts.mtu)
-                    await trio.to_thread.run_sync(
-                        configure_tun, tun.name, config.cluster_ip, facts.mtu
-                    )
-                    await self._serve(control, tap, tun, facts.ipv4, key, signals)
-                finally:
-                    tun.close()
-            finally:
-                tap.close()
-                self.notifier.stopping()
-                log.info("stopped; %s and %s removed", config.tap_name, config.tun_name)
+            cleanup.callback(self._stopped)
+            cleanup.callback(tap.close)
+            tun = TunDevice(config.tun_name, offloads=config.offloads)
+            cleanup.callback(tun.close)
+            await trio.to_thread.run_sync(attach_tap, tap.name, config.bridge, facts.mtu)
+            await trio.to_thread.run_sync(configure_tun, tun.name, config.cluster_ip, facts.mtu)
+            await self._serve(control, tap, tun, facts.ipv4, key, signals)
+
+    def _stopped(self) -> None:
+        self.notifier.stopping()
+        log.info("stopped; %s and %s removed", self.config.tap_name, self.config.tun_name)
 
     async def _serve(
         self,
@@ -144,7 +139,7 @@ class Daemon:
             config.claim_settings(),
             now,
             weight=config.weight,
-            load=current_load() if config.load_aware else 0.0,
+            load=self.local_load(),
             listening=listening_ports(config.cluster_ip),
         )
         builder = FrameBuilder(
@@ -205,7 +200,7 @@ class Daemon:
             listening = await trio.to_thread.run_sync(listening_ports, config.cluster_ip)
             self.machine.update_local(
                 trio.current_time(),
-                load=current_load() if config.load_aware else 0.0,
+                load=self.local_load(),
                 listening=listening,
             )
 
@@ -230,6 +225,10 @@ class Daemon:
 
     # ---------------------------------------------------------------- control
 
+    def local_load(self) -> float:
+        """The load this member weighs its claims by (0 unless load_aware)."""
+        return current_load() if self.config.load_aware else 0.0
+
     def status_line(self) -> str:
         if self.plane is None:
             return "starting"
@@ -249,7 +248,10 @@ class Daemon:
         if command == "status":
             return self.status(now)
         if command == "sessions":
-            return self.sessions(now, int(request.get("limit", 1000)))
+            limit = request.get("limit", 1000)
+            if not isinstance(limit, int):
+                return {"error": f"limit must be a whole number, not {limit!r}"}
+            return self.sessions(now, limit)
         if command in ("drain", "undrain"):
             self.machine.update_local(now, draining=command == "drain")
             self.plane.wake()
@@ -276,9 +278,7 @@ class Daemon:
                 "self": True,
                 "address": str(self.plane.builder.member_ip),
                 "last_seen": 0.0,
-                "weight": effective_weight(
-                    config.weight, current_load() if config.load_aware else 0.0
-                ),
+                "weight": machine.announced_weight,
                 "draining": machine.draining,
                 "share": owners.get(self.member_id, 0) / total,
             }
@@ -305,7 +305,7 @@ class Daemon:
             "draining": machine.draining,
             "drained": machine.draining and serving == 0,
             "warming": machine.is_warming(now),
-            "listening": describe_ports(machine.listening),
+            "listening": describe_ports(machine.listening or frozenset()),
             "authenticated": self.plane.authenticator.enabled,
             "members": members,
             "sessions": {

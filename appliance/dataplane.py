@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address
+from typing import cast
 
 import trio
 
@@ -31,7 +32,7 @@ from protocols.claim_machine import (
     ResetLocalSession,
     SendMessage,
 )
-from protocols.classifier import Classified, Classifier, FrameKind
+from protocols.classifier import Classified, Classifier, FrameKind, network_offset
 from protocols.errors import AuthenticationFailure, RemoteProtocolError
 from protocols.wire.ethernet import EthernetFrame
 
@@ -51,7 +52,7 @@ class FrameCounters:
     busy_batches: int = 0  # batches that left frames queued (decisions waited)
     other: int = 0
     malformed: int = 0
-    claims_received: int = 0
+    claim_frames: int = 0  # protocol-150 frames, before authentication
     claims_malformed: int = 0
     auth_failures: int = 0
     arp_requests: int = 0
@@ -131,6 +132,7 @@ class DataPlane:
         perf_counter = time.perf_counter
         offset = trio.current_time() - perf_counter()
         first_client_kind = FIRST_CLIENT_KIND
+        malformed = FrameKind.MALFORMED
         frames = 0
         emptied = False
         for _ in range(BATCH):
@@ -141,17 +143,22 @@ class DataPlane:
                 break
             frames += 1
             record = classify(frame, start)
-            if record[0] >= first_client_kind:
+            kind = record[0]
+            if kind >= first_client_kind:
                 verdict = handle(record, frame, len(frame), perf_counter() + offset)
                 if verdict is INJECT:
                     if not inject(frame, record[3]):
                         counters.inject_errors += 1
-                elif verdict is QUEUED:
+                elif verdict is QUEUED and machine.has_actions:
                     self.carry_out()  # the claim, now
-            else:
+            elif kind > malformed:  # claims and ARP: they need the time
                 self._control_frame(frame, record, perf_counter() + offset)
                 if machine.has_actions:
                     self.carry_out()  # an answer to a rival, now
+            elif kind:
+                counters.malformed += 1
+            else:
+                counters.other += 1  # most of a busy segment: not for the cluster
         counters.frames += frames
         counters.wakeups += 1
         return emptied
@@ -160,7 +167,7 @@ class DataPlane:
         kind = record.kind
         counters = self.counters
         if kind is FrameKind.CLAIM:
-            counters.claims_received += 1
+            counters.claim_frames += 1
             network = record.network_offset
             end = network + int.from_bytes(frame[network + 2 : network + 4], "big")
             try:
@@ -182,10 +189,8 @@ class DataPlane:
         elif kind is FrameKind.ARP_REQUEST:
             counters.arp_requests += 1
             self._answer_arp(frame, record, now)
-        elif kind is FrameKind.MALFORMED:
-            counters.malformed += 1
         else:
-            counters.other += 1
+            counters.other += 1  # a neighbour solicitation: IPv6 is not served
 
     def _answer_arp(self, frame: bytes, record: Classified, now: float) -> None:
         # A token bucket: an ARP flood costs a bounded amount of work.
@@ -202,8 +207,12 @@ class DataPlane:
             EthernetFrame.parse(frame[start:]).vlan if record.network_offset - start == 18 else None
         )
         reply = self.builder.arp_reply(frame, record.network_offset, vlan)
-        if reply is not None and self.tap.send(reply):
+        if reply is None:
+            return
+        if self.tap.write(reply):
             self.counters.arp_replies += 1
+        else:
+            self.counters.send_errors += 1
 
     def address_of(self, member_id: int) -> str | None:
         source = self.addresses.get(member_id)
@@ -211,7 +220,7 @@ class DataPlane:
 
     def announce(self) -> None:
         """Gratuitous ARP: neighbours learn the cluster MAC without asking."""
-        if not self.tap.send(self.builder.gratuitous_arp()):
+        if not self.tap.write(self.builder.gratuitous_arp()):
             self.counters.send_errors += 1
 
     def carry_out(self) -> None:
@@ -219,18 +228,16 @@ class DataPlane:
         for action in self.machine.pop_actions():
             if isinstance(action, SendMessage):
                 frame = self.builder.claim_frame(self.authenticator.seal(action.message))
-                if not self.tap.send(frame):
+                if not self.tap.write(frame):
                     counters.send_errors += 1
             elif isinstance(action, InjectPackets):
                 start = self.tap.header_length
                 for packet in action.packets:
-                    assert isinstance(packet, bytes)
-                    record = self.classifier.classify(packet, start)
-                    if not self.tun.inject(packet, record.network_offset):
+                    # The queued packets are the TAP frames handed to the machine.
+                    queued = cast(bytes, packet)
+                    if not self.tun.inject(queued, network_offset(queued, start)):
                         counters.inject_errors += 1
             elif isinstance(action, ResetLocalSession):
                 counters.local_resets += 1
-                if not self.tun.inject_packet(
-                    FrameBuilder.local_reset(action.key, action.sequence)
-                ):
+                if not self.tun.write(FrameBuilder.local_reset(action.key, action.sequence)):
                     counters.inject_errors += 1

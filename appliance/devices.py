@@ -55,37 +55,26 @@ def _open(name: str, flags: int, what: str) -> pytun.TunTapDevice:
         raise UserError(f"cannot create the {what} device {name}: {error}") from None
 
 
-class TapDevice:
-    """The appliance's port on the bridge: every frame of the segment, and claims out."""
+class _Device:
+    """A TUN or TAP device of this process: it disappears when the process exits."""
 
-    def __init__(self, name: str, *, offloads: bool) -> None:
-        flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offloads else 0)
-        self._device = _open(name, flags, "TAP")
+    def __init__(self, name: str, kind: int, what: str, *, offloads: bool) -> None:
+        flags = kind | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offloads else 0)
+        self._device = _open(name, flags, what)
         self.name = name
         self.fd: int = self._device.fileno()
         self.header_length = VNET_LENGTH if offloads else 0
-        if offloads:
-            fcntl.ioctl(
-                self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-            )
         os.set_blocking(self.fd, False)
-        self.mac = bytes(self._device.hwaddr)
 
-    def read(self) -> bytes | None:
-        """One frame (with its vnet header when offloads are on), or None when none waits."""
-        try:
-            return os.read(self.fd, READ_SIZE)
-        except BlockingIOError:
-            return None
-
-    def send(self, frame: bytes) -> bool:
-        """Write one Ethernet frame; False when the queue is full (it is dropped)."""
+    def write(self, data: bytes) -> bool:
+        """Write one frame (TAP) or packet (TUN) built here, checksums filled in;
+        False when the queue is full (it is dropped)."""
         try:
             if self.header_length:
-                os.writev(self.fd, (NO_OFFLOAD, frame))
+                os.writev(self.fd, (NO_OFFLOAD, data))
             else:
-                os.write(self.fd, frame)
-        except (BlockingIOError, OSError):
+                os.write(self.fd, data)
+        except OSError:  # BlockingIOError included
             return False
         return True
 
@@ -93,16 +82,23 @@ class TapDevice:
         self._device.close()
 
 
-class TunDevice:
+class TapDevice(_Device):
+    """The appliance's port on the bridge: every frame of the segment, and claims out."""
+
+    def __init__(self, name: str, *, offloads: bool) -> None:
+        super().__init__(name, pytun.IFF_TAP, "TAP", offloads=offloads)
+        if offloads:
+            fcntl.ioctl(
+                self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+            )
+        self.mac = bytes(self._device.hwaddr)
+
+
+class TunDevice(_Device):
     """Carries the cluster IP: packets written here reach the local kernel's stack."""
 
     def __init__(self, name: str, *, offloads: bool) -> None:
-        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if offloads else 0)
-        self._device = _open(name, flags, "TUN")
-        self.name = name
-        self.fd: int = self._device.fileno()
-        self.header_length = VNET_LENGTH if offloads else 0
-        os.set_blocking(self.fd, False)
+        super().__init__(name, pytun.IFF_TUN, "TUN", offloads=offloads)
 
     def inject(self, frame: bytes, network_offset: int) -> bool:
         """Write the IP packet inside a TAP frame (offsets as the classifier gave them)."""
@@ -127,20 +123,6 @@ class TunDevice:
                 checksum_offset,
             )
             os.writev(self.fd, (header, body))
-        except (BlockingIOError, OSError):
+        except OSError:  # BlockingIOError included
             return False
         return True
-
-    def inject_packet(self, packet: bytes) -> bool:
-        """Write a complete IP packet built here (checksums filled in)."""
-        try:
-            if self.header_length:
-                os.writev(self.fd, (NO_OFFLOAD, packet))
-            else:
-                os.write(self.fd, packet)
-        except (BlockingIOError, OSError):
-            return False
-        return True
-
-    def close(self) -> None:
-        self._device.close()

@@ -152,6 +152,21 @@ def _route_spec(route: Any, oif: int) -> dict[str, Any]:
     return spec
 
 
+def _local_address(address: Any) -> str:
+    """An IPv4 address's own address (IFA_LOCAL; IFA_ADDRESS is the peer's on
+    point-to-point links, and the same otherwise)."""
+    return str(address.get("IFA_LOCAL") or address.get("IFA_ADDRESS"))
+
+
+def _other_ports(ipr: IPRoute, bridge_index: int, interface_index: int) -> list[Any]:
+    """The bridge's ports other than `interface_index`."""
+    return [
+        port
+        for port in ipr.link("dump")
+        if port.get("IFLA_MASTER") == bridge_index and port["index"] != interface_index
+    ]
+
+
 def _address_spec(address: Any, index: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "index": index,
@@ -159,7 +174,7 @@ def _address_spec(address: Any, index: int) -> dict[str, Any]:
         "prefixlen": address["prefixlen"],
     }
     if address["family"] == socket.AF_INET:
-        spec["local"] = address.get("IFA_LOCAL") or address.get("IFA_ADDRESS")
+        spec["local"] = _local_address(address)
         if address.get("IFA_BROADCAST"):
             spec["broadcast"] = address.get("IFA_BROADCAST")
     else:
@@ -237,6 +252,19 @@ def bridge_interface(interface: str, bridge: str) -> BridgeReport:
         bridge_index = _index(ipr, bridge)
         if bridge_index is not None and _kind(_link(ipr, bridge_index)) != "bridge":
             raise UserError(f"{bridge!r} exists and is not a bridge; choose another --bridge")
+        if bridge_index is not None and master is None:
+            # A TAP port is an appliance's (gone with its process); any other
+            # port is another segment, which this would join to IFACE's.
+            nics = [
+                str(port.get("IFLA_IFNAME"))
+                for port in _other_ports(ipr, bridge_index, index)
+                if _kind(port) != "tun"
+            ]
+            if nics:
+                raise UserError(
+                    f"bridge {bridge!r} already holds {', '.join(nics)}; adding {interface} "
+                    f"would join two segments: use --interface {nics[0]}, or another --bridge"
+                )
         created = bridge_index is None
         if created:
             ipr.link(
@@ -305,11 +333,7 @@ def unbridge_interface(interface: str, bridge: str) -> UnbridgeReport:
                 raise UserError(f"{interface} is a port of {master!r}, not {bridge!r}")
             return UnbridgeReport(interface, bridge, removed=False)
         bridge_index = _require_index(ipr, bridge)
-        others = [
-            str(port.get("IFLA_IFNAME"))
-            for port in ipr.link("dump")
-            if port.get("IFLA_MASTER") == bridge_index and port["index"] != index
-        ]
+        others = [str(port.get("IFLA_IFNAME")) for port in _other_ports(ipr, bridge_index, index)]
         if others:
             raise UserError(
                 f"{bridge} still has other ports ({', '.join(others)}); "
@@ -326,7 +350,6 @@ def unbridge_interface(interface: str, bridge: str) -> UnbridgeReport:
 
 @dataclass(frozen=True)
 class BridgeFacts:
-    mac: bytes
     mtu: int
     ipv4: IPv4Address | None  # the bridge's primary IPv4 address, the source of claims
 
@@ -338,10 +361,9 @@ def bridge_facts(bridge: str) -> BridgeFacts:
         ipv4 = None
         for address in _movable_addresses(ipr, index):
             if address["family"] == socket.AF_INET:
-                ipv4 = IPv4Address(address.get("IFA_LOCAL") or address.get("IFA_ADDRESS"))
+                ipv4 = IPv4Address(_local_address(address))
                 break
-        mac = bytes.fromhex(str(link.get("IFLA_ADDRESS")).replace(":", ""))
-        return BridgeFacts(mac=mac, mtu=int(link.get("IFLA_MTU")), ipv4=ipv4)
+        return BridgeFacts(mtu=int(link.get("IFLA_MTU")), ipv4=ipv4)
 
 
 # Frames the bridge may queue for the appliance while it is busy. Longer than
@@ -350,11 +372,15 @@ def bridge_facts(bridge: str) -> BridgeFacts:
 TAP_QUEUE_LENGTH = 4096
 
 
+def _disable_ipv6(device: str) -> None:
+    """No IPv6 of its own (no link-local address, no router solicitations)."""
+    if (SYSCTL / "ipv6" / "conf" / device / "disable_ipv6").exists():
+        write_sysctl(f"ipv6/conf/{device}/disable_ipv6", 1)
+
+
 def attach_tap(tap: str, bridge: str, mtu: int) -> None:
     """Make the TAP a quiet port of the bridge: no IPv6 of its own, same MTU, up."""
-    disable = SYSCTL / "ipv6" / "conf" / tap / "disable_ipv6"
-    if disable.exists():
-        write_sysctl(f"ipv6/conf/{tap}/disable_ipv6", 1)
+    _disable_ipv6(tap)
     with _netlink(f"adding {tap} to {bridge}") as ipr:
         index = _require_index(ipr, tap)
         ipr.link("set", index=index, mtu=mtu, txqlen=TAP_QUEUE_LENGTH)
@@ -368,9 +394,7 @@ def configure_tun(tun: str, cluster_ip: IPv4Address, mtu: int) -> None:
     Reverse-path filtering uses max(conf.all, conf.<dev>): loose mode (2) on
     the TUN accepts clients routed via the bridge whatever `all` says.
     """
-    disable = SYSCTL / "ipv6" / "conf" / tun / "disable_ipv6"
-    if disable.exists():
-        write_sysctl(f"ipv6/conf/{tun}/disable_ipv6", 1)
+    _disable_ipv6(tun)
     write_sysctl(f"ipv4/conf/{tun}/rp_filter", 2)
     with _netlink(f"configuring {tun}") as ipr:
         index = _require_index(ipr, tun)

@@ -415,6 +415,11 @@ class ClaimMachine:
         return self._draining
 
     @property
+    def announced_weight(self) -> float:
+        """The weight peers rank this member by: configured weight, lowered by load."""
+        return self._announced_weight
+
+    @property
     def listening(self) -> frozenset[tuple[int, int]] | None:
         """(transport, port) pairs the local service accepts; None: not checked."""
         return self._listening

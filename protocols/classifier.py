@@ -128,6 +128,12 @@ def _record(
     return _new(Classified, (kind, key, 0, network_offset, payload_offset, 0, target, fragment))
 
 
+def network_offset(frame: bytes, start: int) -> int:
+    """Where the network header starts in a frame that classified as IP: after the
+    Ethernet header, and its 802.1Q tag if it has one."""
+    return start + (18 if frame[start + 12] << 8 | frame[start + 13] == ETHERTYPE_VLAN else 14)
+
+
 class Classifier:
     """Classifies frames for a set of cluster addresses (4- or 16-byte values)."""
 

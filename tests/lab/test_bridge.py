@@ -122,6 +122,16 @@ def test_bridge_twice_is_harmless_and_unbridge_restores(host: tuple[Lab, Node]) 
             ["bridge", "eth0"],
             "'br0' exists and is not a bridge",
         ),
+        (
+            # br0 already bridges another NIC: eth0 would join the two segments.
+            [
+                ["ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"],
+                ["ip", "link", "add", "br0", "type", "bridge"],
+                ["ip", "link", "set", "eth1", "master", "br0"],
+            ],
+            ["run", "--cluster-ip", "10.77.0.10", "--interface", "eth0"],
+            "bridge 'br0' already holds eth1; adding eth0 would join two segments",
+        ),
     ],
 )
 def test_refusals_are_one_line_and_change_nothing(

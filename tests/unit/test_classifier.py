@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings
 
-from protocols.classifier import Classifier, FrameKind
+from protocols.classifier import Classifier, FrameKind, network_offset
 from tests.fixtures.frames import CLUSTER_IP, CLUSTER_IP6, FIXTURES, fixture_frame
 from tests.unit.classifier_oracle import classify_with_declarations
 from tests.unit.frame_strategies import (
@@ -97,6 +97,16 @@ def test_a_frame_inside_a_larger_buffer_and_a_memoryview() -> None:
 @given(valid_frames())
 def test_agrees_with_the_declarations_on_valid_frames(frame: bytes) -> None:
     assert CLASSIFIER.classify(frame) == classify_with_declarations(frame, CLUSTER)
+
+
+@given(valid_frames())
+def test_the_shell_finds_a_queued_packets_network_header_as_the_classifier_did(
+    frame: bytes,
+) -> None:
+    """The data plane re-finds it with `network_offset` when it injects a queued frame."""
+    record = CLASSIFIER.classify(frame)
+    if record.kind >= FrameKind.CLAIM:  # the IP kinds the claim machine queues
+        assert network_offset(frame, 0) == record.network_offset
 
 
 @AGREEMENT

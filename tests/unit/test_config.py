@@ -44,6 +44,8 @@ def test_flags_override_the_file_and_defaults_fill_the_rest(tmp_path: Path) -> N
         ),
         ('cluster_ip = "192.0.2.10"\nhello_interval = 5.0\n', "member_timeout (3.5) must exceed"),
         ('cluster_ip = "192.0.2.10"\ntap_name = "br0"\n', "must all differ"),
+        ('cluster_ip = "192.0.2.10"\ntun_name = "eth0"\n', "must all differ"),
+        ('cluster_ip = "192.0.2.10"\ninterface = "br0"\n', "must all differ"),
         ("cluster_ip = [\n", "is not valid TOML"),
         ("weight = 1.0\n", "cluster_ip is required"),
     ],
