@@ -48,13 +48,13 @@ from protocols.session_table import (
     OWNED,
     PENDING,
     Session,
-    SessionState,
     SessionTable,
 )
 from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
 
 TCP = 6
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+_CONNECTION_FLAGS = FIN | SYN | RST
 _KIND_TCP = FrameKind.TCP
 _KIND_ICMP_ERROR = FrameKind.ICMP_ERROR
 
@@ -87,7 +87,8 @@ class InjectPackets:
 
 @dataclass(frozen=True, slots=True)
 class ResetLocalSession:
-    """Make the local kernel forget a half-open connection that another member won.
+    """Make the local kernel forget a half-open connection: another member won it,
+    or the full table evicted it.
 
     The shell injects a RST from the client with this sequence number.
     """
@@ -168,7 +169,6 @@ class Peer:
 
     __slots__ = (
         "draining",
-        "first_heard",
         "gap_since",
         "in_order_at",
         "last_counter",
@@ -185,7 +185,6 @@ class Peer:
         self.weight = 1.0
         self.draining = False
         self.warming = False
-        self.first_heard = now
         self.last_heard = now
         # Loss detection: every message carries the sender's counter, +1 each.
         self.last_counter = counter
@@ -226,6 +225,19 @@ DROP_REASONS = (
     "unknown_fragment",  # a later fragment whose first fragment was never seen
     "aborted",  # the client reset a session still being claimed
 )
+
+
+def _reuses_port(session: Session, record: Classified) -> bool:
+    """A SYN with a new sequence number after the session closed: the client
+    opens a new connection from the same port."""
+    return session.state is CLOSING and record.sequence != session.syn_sequence
+
+
+def _repeats_left(session: Session) -> int:
+    """Assertions still to come on the session's repeat plan (the next one included)."""
+    if session.next_assertion_at is None:
+        return 0
+    return len(session.repeat_plan) - session.repeat_index + 1
 
 
 def _hear_owner(
@@ -293,7 +305,9 @@ class ClaimMachine:
             self._remember_fragment(record.fragment, key, now)
         session = self._table.get(key)
         if session is not None and session.mine:
-            if record.kind is _KIND_TCP and (record.tcp_flags & 0x07 or not session.established):
+            if record.kind is _KIND_TCP and (
+                record.tcp_flags & _CONNECTION_FLAGS or not session.established
+            ):
                 return self._owned_tcp_control(session, record, packet, size, now)
             session.last_seen = now
             self.counters.packets_injected += 1
@@ -307,8 +321,7 @@ class ClaimMachine:
         session.last_seen = now
         if session.state is PENDING:
             if record.kind is _KIND_TCP and record.tcp_flags & RST:
-                self._discard_queue(session, "aborted")
-                self._remove(session)
+                self._remove(session)  # its queue is dropped as "aborted"
                 self.drops["aborted"] += 1
                 return DROP
             return self._enqueue(session, packet, size)
@@ -461,7 +474,14 @@ class ClaimMachine:
     # -------------------------------------------------------- client packets
 
     def _new_session(
-        self, key: SessionKey, record: Classified, packet: object, size: int, now: float
+        self,
+        key: SessionKey,
+        record: Classified,
+        packet: object,
+        size: int,
+        now: float,
+        *,
+        counted: bool = True,
     ) -> Verdict:
         is_tcp = record.kind is _KIND_TCP
         if is_tcp and record.tcp_flags & (SYN | ACK | RST) != SYN:
@@ -473,7 +493,7 @@ class ClaimMachine:
         if self._table.is_full and not self._evict_one():
             self.drops["table_full"] += 1
             return DROP
-        self.counters.sessions_started += 1
+        self.counters.sessions_started += counted
         session = Session(key, PENDING, now)
         session.syn_sequence = record.sequence
         if not self._may_claim(key, now):
@@ -483,11 +503,9 @@ class ClaimMachine:
             self.drops["not_claimed"] += 1
             return DROP
         self._table.add(session)
-        session.digest_input = session_digest_input(key)
-        session.my_score = rendezvous_score(
-            session.digest_input, self.member_id, self._announced_weight
-        )
-        delay = self._claim_delay(session, now)
+        digest_input = session_digest_input(key)
+        session.my_score = rendezvous_score(digest_input, self.member_id, self._announced_weight)
+        delay = self._claim_delay(session, digest_input, now)
         verdict = self._enqueue(session, packet, size)
         if delay == 0:
             self._send_claim(session, now)
@@ -519,7 +537,7 @@ class ClaimMachine:
             return False
         return not any(self._alive(peer, now) and not peer.warming for peer in self._peers.values())
 
-    def _claim_delay(self, session: Session, now: float) -> float:
+    def _claim_delay(self, session: Session, digest_input: bytes, now: float) -> float:
         step, limit = self.settings.claim_step, self.settings.max_claim_delay
         mine = (session.my_score, self.member_id)
         udp_like = session.key.transport != TCP
@@ -529,7 +547,7 @@ class ClaimMachine:
                 continue
             if udp_like and peer.warming:
                 continue
-            score = rendezvous_score(session.digest_input, peer.member_id, peer.weight)
+            score = rendezvous_score(digest_input, peer.member_id, peer.weight)
             if (score, peer.member_id) > mine:
                 rank += 1
                 if rank * step >= limit:
@@ -587,6 +605,8 @@ class ClaimMachine:
         """A TCP packet of an owned session that changes its state."""
         flags = record.tcp_flags
         session.last_seen = now
+        if flags & (SYN | ACK | RST) == SYN and _reuses_port(session, record):
+            return self._start_again(session, record, packet, size, now, same_session=False)
         self.counters.packets_injected += 1
         if flags & RST:
             # The local kernel judges the RST (an off-path one, out of window,
@@ -595,11 +615,6 @@ class ClaimMachine:
             self._close(session, now)
             return INJECT
         if flags & SYN and not flags & ACK:
-            if session.state is CLOSING and record.sequence != session.syn_sequence:
-                # The client reuses the port for a new connection: start afresh.
-                self._remove(session)
-                self.counters.packets_injected -= 1
-                return self._new_session(session.key, record, packet, size, now)
             return INJECT  # a retransmitted SYN: the local kernel answers it again
         if flags & ACK and not session.established:
             self._table.mark_established(session)
@@ -615,21 +630,33 @@ class ClaimMachine:
             if flags & (RST | FIN):
                 self._close(session, now)
             elif flags & SYN and not flags & ACK:
-                if session.state is CLOSING and record.sequence != session.syn_sequence:
-                    self._remove(session)
-                    return self._new_session(session.key, record, packet, size, now)
+                if _reuses_port(session, record):
+                    return self._start_again(session, record, packet, size, now, same_session=False)
                 if self._unconfirmed(session, now):
                     # Nobody confirmed this session and the client is still
                     # knocking: whoever claimed it is gone or lost its claim.
-                    self._remove(session)
-                    return self._new_session(session.key, record, packet, size, now)
+                    return self._start_again(session, record, packet, size, now, same_session=True)
             elif flags & ACK and not session.established:
                 self._table.mark_established(session)
         elif self._unconfirmed(session, now):
-            self._remove(session)
-            return self._new_session(session.key, record, packet, size, now)
+            return self._start_again(session, record, packet, size, now, same_session=True)
         self.drops["foreign" if session.owner != NO_MEMBER else "not_claimed"] += 1
         return DROP
+
+    def _start_again(
+        self,
+        session: Session,
+        record: Classified,
+        packet: object,
+        size: int,
+        now: float,
+        *,
+        same_session: bool,
+    ) -> Verdict:
+        """Forget `session` and decide afresh: a new connection on a reused port,
+        or (`same_session`) the same one again, since no claim for it held."""
+        self._remove(session)
+        return self._new_session(session.key, record, packet, size, now, counted=not same_session)
 
     def _close(self, session: Session, now: float) -> None:
         """The client ends the session (FIN or RST): keep it for fin_timeout."""
@@ -746,10 +773,7 @@ class ClaimMachine:
             self.counters.conflicts += 1
             if bid > (session.my_score, self.member_id):
                 self.counters.conflicts_yielded += 1
-                if session.key.transport == TCP:
-                    self._actions.append(
-                        ResetLocalSession(session.key, (session.syn_sequence + 1) & 0xFFFFFFFF)
-                    )
+                self._reset_local(session)
                 session.mine = False
                 _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
                 session.next_assertion_at = None
@@ -862,13 +886,17 @@ class ClaimMachine:
             self.counters.packets_injected += len(packets)
             self._actions.append(InjectPackets(session.key, packets))
         self._send_assertion(session)
-        session.repeat_base = now
-        session.repeat_plan = self.settings.assertion_repeats
+        self._start_repeats(session, now, self.settings.assertion_repeats)
+        self._schedule_expiry(session)
+
+    def _start_repeats(self, session: Session, base: float, plan: tuple[float, ...]) -> None:
+        """Assert `session` again at `base` plus each offset of `plan`."""
+        session.repeat_base = base
+        session.repeat_plan = plan
         session.repeat_index = 0
         self._next_repeat(session)
         if session.next_assertion_at is not None:
             self._table.schedule(session, session.next_assertion_at)
-        self._schedule_expiry(session)
 
     def _next_repeat(self, session: Session) -> None:
         plan = session.repeat_plan
@@ -1001,20 +1029,13 @@ class ClaimMachine:
             if session.mine
             and session.won_at is not None
             and (since is None or session.won_at >= since)
-            and not (
-                session.next_assertion_at is not None and len(plan) <= len(session.repeat_plan)
-            )  # already on a plan at least as long: it reaches everyone
+            and _repeats_left(session) < len(plan)  # else its plan already covers this one
         ]
         if limit is not None and len(chosen) > limit:
             chosen.sort(key=lambda session: session.won_at or 0.0, reverse=True)
             del chosen[limit:]
         for session in chosen:
-            session.repeat_base = start
-            session.repeat_plan = plan
-            session.repeat_index = 0
-            self._next_repeat(session)
-            if session.next_assertion_at is not None:
-                self._table.schedule(session, session.next_assertion_at)
+            self._start_repeats(session, start, plan)
             start += spacing
         self._resync_until = start
 
@@ -1025,16 +1046,27 @@ class ClaimMachine:
         else the oldest session another member serves.
 
         Forgetting a foreign session costs nothing: its packets are dropped as
-        unknown instead of as foreign. Sessions this member serves are never
-        evicted; a flood of completed handshakes to this member fills the
-        table until they idle out (see the README's known limits).
+        unknown instead of as foreign. A half-open session of this member's
+        goes from its kernel too (a SYN flood evicts these first). Established
+        sessions this member serves are never evicted; a flood of completed
+        handshakes to this member fills the table until they idle out (see the
+        README's known limits).
         """
         victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
         if victim is None:
             return False
+        if victim.mine:
+            self._reset_local(victim)
         self._discard_queue(victim, "table_full")
         self._remove(victim)
         return True
+
+    def _reset_local(self, session: Session) -> None:
+        """Have the kernel forget its half-open connection for a TCP session."""
+        if session.key.transport == TCP:
+            self._actions.append(
+                ResetLocalSession(session.key, (session.syn_sequence + 1) & 0xFFFFFFFF)
+            )
 
     def _remove(self, session: Session) -> None:
         if session.queue:
@@ -1062,7 +1094,7 @@ class ClaimMachine:
             return f"members: {len(self._peers)} > {settings.max_members}"
         if len(self._fragments) > settings.max_fragments:
             return f"fragments: {len(self._fragments)} > {settings.max_fragments}"
-        if table.timer_entries > 4 * len(table) + 1025:
+        if table.timer_entries > table.timer_limit:
             return f"timer entries: {table.timer_entries} for {len(table)} sessions"
         for key in self._queued_sessions:
             session = table.get(key)
@@ -1071,7 +1103,3 @@ class ClaimMachine:
             if len(session.queue) > settings.max_queued_per_session:
                 return f"queue of {key}: {len(session.queue)} packets"
         return None
-
-    @property
-    def state_counts(self) -> dict[SessionState, int]:
-        return dict(self._table.counts)

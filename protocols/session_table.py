@@ -48,7 +48,6 @@ class Session:
         "claim_at",
         "claim_sent",
         "decide_at",
-        "digest_input",
         "established",
         "key",
         "last_seen",
@@ -85,7 +84,6 @@ class Session:
         self.owner_asserted = False
         self.owner_heard_at = now
         # This member's own bid.
-        self.digest_input = b""
         self.my_score = 0.0
         self.claim_sent = False
         self.claim_at: float | None = None
@@ -168,6 +166,7 @@ class SessionTable:
             self._unestablished.pop(session.key, None)
             self._foreign.pop(session.key, None)
             session.timer_at = None
+            self._bound_timers()
 
     def set_state(self, session: Session, state: SessionState) -> None:
         """Change state; call it after changing `mine`, so eviction order follows."""
@@ -187,7 +186,15 @@ class SessionTable:
         session.timer_at = at
         self._serial += 1
         heapq.heappush(self._timers, (at, self._serial, session.key))
-        if len(self._timers) > 4 * len(self._sessions) + 1024:
+        self._bound_timers()
+
+    @property
+    def timer_limit(self) -> int:
+        """Stale timer entries are dropped lazily, but never beyond this many."""
+        return 4 * len(self._sessions) + 1024
+
+    def _bound_timers(self) -> None:
+        if len(self._timers) > self.timer_limit:
             self._compact()
 
     def _compact(self) -> None:

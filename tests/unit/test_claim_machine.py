@@ -571,6 +571,19 @@ def test_draining_member_announces_it_at_once_and_claims_nothing() -> None:
     assert not machine.owns(key)
 
 
+def test_a_declined_flow_knocking_again_is_still_one_session() -> None:
+    """A draining member reconsiders an unclaimed flow whenever it comes back, but
+    counts it as one session started, however often it knocks."""
+    machine = new_machine()
+    machine.update_local(0.0, draining=True)
+    key = udp_key()
+    for index in range(5):
+        now = 0.1 + index * 2 * SETTINGS.reclaim_after
+        assert machine.handle_client_packet(udp(key), "query", 60, now) is Verdict.DROP
+    assert machine.drops["not_claimed"] == 5
+    assert machine.counters.sessions_started == 1
+
+
 def test_draining_unchanged_sends_no_extra_hello() -> None:
     machine = new_machine()
     machine.update_local(0.3, draining=False)
@@ -683,6 +696,38 @@ def test_syn_flood_never_grows_the_table_past_max_sessions() -> None:
 
     log = untimed(run_until(machine, 0.5))
     assert injected(log) == [InjectPackets(key, (key,)) for key in keys[7:]]
+    assert machine.bound_violation() is None
+
+
+def test_a_full_table_evicts_a_half_open_session_of_ours_from_the_kernel_too() -> None:
+    """Won, but the client never acknowledged: evicted first, and the local kernel
+    is told to forget its half-open connection (else it lingers unreachable)."""
+    machine = new_machine(settings=ClaimSettings(max_sessions=1))
+    half_open = tcp_key(client_port=50000)
+    win_alone(machine, half_open, 0.1, sequence=5000)
+    newcomer = tcp_key(client_port=50001)
+
+    assert machine.handle_client_packet(syn(newcomer), "syn", 60, 0.2) is Verdict.QUEUED
+
+    assert machine.session(half_open) is None
+    assert ResetLocalSession(half_open, 5001) in machine.pop_actions()
+    assert machine.drops["table_full"] == 0  # its packets were all injected already
+
+
+def test_stale_timers_stay_bounded_when_a_departing_peer_takes_its_sessions() -> None:
+    """Removing sessions leaves their timers behind in the heap; the table drops
+    them once they outnumber its bound, not only when it schedules new ones."""
+    machine = new_machine()
+    machine.handle_message(hello(RIVAL, 1), 0.1)
+    for port in range(3000):
+        key = tcp_key(client_port=10000 + port)
+        machine.handle_message(Claim(RIVAL, 2 + port, key, score(key, RIVAL)), 0.2)
+    assert machine.statistics()["foreign"] == 3000
+
+    farewell = Hello(RIVAL, 3002, 1.0, draining=False, warming=False, leaving=True)
+    machine.handle_message(farewell, 0.3)
+
+    assert machine.statistics()["sessions"] == 0
     assert machine.bound_violation() is None
 
 
@@ -841,6 +886,27 @@ def test_counter_gap_reasserts_sessions_won_since_on_the_resync_schedule() -> No
     log = run_until(machine, 6.0)
     assert assertion_times(log, since) == [check_at + offset for offset in SETTINGS.resync_repeats]
     assert assertion_times(log, before) == []
+
+
+def test_a_second_loss_late_in_a_resync_plan_starts_a_whole_new_plan() -> None:
+    """Messages from RIVAL go missing when the session's plan (from PEER's gap) has
+    one assertion left: the session gets every assertion of a new plan."""
+    machine, before, since = reassertion_setup()
+    machine.handle_message(hello(RIVAL, 1), 0.65)
+    run_until(machine, 0.7)
+    late = key_where(lambda key: key not in (before, since) and ranked_first(ME, PEER, RIVAL)(key))
+    win_alone(machine, late, 0.75)
+    machine.handle_message(hello(PEER, 4), 0.8)  # PEER's 2 and 3 lost
+    run_until(machine, 4.0)
+    machine.handle_message(hello(RIVAL, 5), 4.0)  # RIVAL's 2 to 4 lost
+    check_at = 4.0 + SETTINGS.reorder_window
+
+    log = run_until(machine, 10.0)
+    first_plan_end = 0.8 + SETTINGS.reorder_window + SETTINGS.resync_repeats[-1]
+    assert first_plan_end > check_at  # one assertion of the first plan was left
+    assert [time for time in assertion_times(log, late) if time >= check_at] == [
+        check_at + offset for offset in SETTINGS.resync_repeats
+    ]
 
 
 def test_counter_gap_filled_within_reorder_window_reasserts_nothing() -> None:
