@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from enum import IntEnum
+from enum import Enum, IntEnum, auto
 
 from protocols.classifier import Classified, FragmentKey, FrameKind
 from protocols.rendezvous import effective_weight, rendezvous_score, session_digest_input
@@ -57,6 +57,15 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _CONNECTION_FLAGS = FIN | SYN | RST
 _KIND_TCP = FrameKind.TCP
 _KIND_ICMP_ERROR = FrameKind.ICMP_ERROR
+
+
+class Unchanged(Enum):
+    """For `update_local`: None is a meaningful `listening`, so "not given" is this."""
+
+    UNCHANGED = auto()
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 class Verdict(IntEnum):
@@ -376,19 +385,18 @@ class ClaimMachine:
         weight: float | None = None,
         load: float | None = None,
         draining: bool | None = None,
-        listening: frozenset[tuple[int, int]] | bool | None = False,
+        listening: frozenset[tuple[int, int]] | Unchanged | None = UNCHANGED,
     ) -> None:
         """Local facts: configured weight, load, draining, listening ports.
 
         `listening` is a set of (transport, port) pairs the local service
-        listens on, or None for "everything"; False leaves it unchanged.
+        listens on, or None for "everything". Facts not given stay as they are.
         """
         if weight is not None:
             self._weight = weight
         if load is not None:
             self._load = load
-        if listening is not False:
-            assert listening is not True
+        if listening is not UNCHANGED:
             self._listening = listening
         if draining is not None and draining != self._draining:
             self._draining = draining

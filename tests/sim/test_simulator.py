@@ -6,18 +6,20 @@ Each test states the property it checks. A failing schedule prints its seed;
 
 import os
 
-from protocols.claim_machine import ClaimSettings
-from tools.sim.__main__ import run_many
-from tools.sim.cluster import run_schedule
-from tools.sim.scenario import draw_scenario, loss_scenario, shares_scenario
+import pytest
+
+from protocols.claim_machine import ClaimMachine, ClaimSettings
+from tools.sim.__main__ import replay_hint, run_many
+from tools.sim.cluster import RunResult, run_schedule
+from tools.sim.scenario import LIVENESS_BOUND, draw_scenario, loss_scenario, shares_scenario
 
 CI_SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "2000"))
 
 
-def _failures(results: list) -> list[str]:  # type: ignore[type-arg]
+def _failures(results: list[RunResult]) -> list[str]:
     return [
         f"seed {result.seed}: {result.violations[0]} "
-        f"(replay: python -m tools.sim replay --seed {result.seed} --policy {result.policy})"
+        f"(replay: {replay_hint(result.seed, result.policy)})"
         for result in results
         if result.violations
     ]
@@ -72,10 +74,43 @@ def test_no_loss_means_no_conflicts() -> None:
             assert not result.violations
 
 
-def test_conflicts_grow_with_loss_and_stay_resolved() -> None:
-    lossy = [run_schedule(loss_scenario(seed, 3, 0.2, 1000)) for seed in range(1, 3)]
-    assert sum(result.conflicts for result in lossy) > 0
-    assert not _failures(lossy)
+def test_conflicts_grow_with_loss() -> None:
+    """Conflicts come from lost claims, so more loss makes more of them. (That
+    each one ends in time is checked by the faulty schedules above, whose
+    sessions outlive the resolution bound.)"""
+    light, heavy = (
+        [run_schedule(loss_scenario(seed, 3, loss, 1000)) for seed in range(1, 3)]
+        for loss in (0.01, 0.2)
+    )
+    assert sum(result.conflicts for result in heavy) > 2 * sum(result.conflicts for result in light)
+    assert not _failures(light + heavy)
+
+
+def test_every_session_is_checked_for_liveness() -> None:
+    """Sessions start early enough that their liveness deadline falls in the run."""
+    grace = ClaimSettings().join_grace
+    for seed in range(1, 200):
+        scenario = draw_scenario(seed)
+        latest = max(plan.start for plan in scenario.sessions)
+        assert latest + LIVENESS_BOUND + grace <= scenario.end_time
+        assert latest > scenario.heal_time  # and some start after the faults healed
+
+
+def test_a_member_claiming_while_draining_or_not_listening_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checker catches a machine that ignores draining and the listening ports."""
+    monkeypatch.setattr(
+        ClaimMachine,
+        "_may_claim",
+        lambda self, key, now: key.transport == 6 or self._may_claim_flows(now),
+    )
+    results = [
+        run_schedule(draw_scenario(seed, faults=("drain", "service_down"))) for seed in range(1, 60)
+    ]
+    assert any(
+        violation.invariant == "silence" for result in results for violation in result.violations
+    )
 
 
 def test_weights_1_2_4_share_sessions_1_2_4() -> None:

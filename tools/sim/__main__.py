@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,16 @@ def run_many(
         return
     with multiprocessing.Pool(workers) as pool:
         yield from pool.imap(schedule, jobs, chunksize=64)
+
+
+def replay_hint(seed: int, policy: str, *, faults: str = "all", size: str = "normal") -> str:
+    """The command that reruns one schedule exactly: seed, policy, faults and size."""
+    options = [f"--seed {seed}", f"--policy {policy}"]
+    if faults != "all":
+        options.append(f"--faults {faults}")
+    if size != "normal":
+        options.append(f"--size {size}")
+    return "python -m tools.sim replay " + " ".join(options)
 
 
 def parse_faults(text: str) -> tuple[str, ...]:
@@ -103,7 +114,31 @@ def command_run(arguments: argparse.Namespace) -> int:
         f"{arguments.workers} worker(s)"
     )
     for result in first_failures:
-        print(f"  replay: python -m tools.sim replay --seed {result.seed} --policy {result.policy}")
+        hint = replay_hint(result.seed, result.policy, faults=arguments.faults, size=arguments.size)
+        print(f"  replay: {hint}")
+    if arguments.figures:
+        figures = {
+            "command": (
+                f"run --schedules {arguments.schedules} --seed {arguments.seed} --policy "
+                f"{arguments.policy} --faults {arguments.faults} --size {arguments.size} "
+                f"--workers {arguments.workers}"
+            ),
+            "policy": arguments.policy,
+            "faults": arguments.faults,
+            "size": arguments.size,
+            "seeds": [arguments.seed, arguments.seed + arguments.schedules - 1],
+            "schedules": arguments.schedules,
+            "sessions": sessions,
+            "events": events,
+            "schedules_violating": failed,
+            "conflicts": conflicts,
+            "workers": arguments.workers,
+            "schedules_per_second": round(arguments.schedules / elapsed, 1),
+        }
+        FIGURES.mkdir(exist_ok=True)
+        path = FIGURES / f"sim-run-{arguments.policy}-{arguments.size}.json"
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"wrote {path.relative_to(FIGURES.parent.parent)}")
     return 1 if failed else 0
 
 
@@ -120,6 +155,8 @@ def command_replay(arguments: argparse.Namespace) -> int:
         f"served {result.served}/{result.sessions}, conflicts {result.conflicts}, "
         f"claims {result.claims_sent}, messages lost {result.messages_lost}, events {result.events}"
     )
+    for line in result.trace:
+        print(line)
     for violation in result.violations:
         print(f"  {violation}")
     print(f"trace hash {result.trace_hash}")
@@ -200,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--progress", type=int, default=0, help="print progress every N schedules")
     run.add_argument("--quiet", action="store_true", help="do not print each failing seed")
+    run.add_argument(
+        "--figures",
+        action="store_true",
+        help="write the totals to tools/figures/sim-run-POLICY-SIZE.json",
+    )
 
     replay = commands.add_parser("replay", help="run one schedule again; print its trace hash")
     replay.add_argument("--seed", type=int, required=True)
@@ -229,4 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the output went into `head`, say: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

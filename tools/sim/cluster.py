@@ -18,7 +18,6 @@ import heapq
 import random
 import struct
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from protocols.claim_machine import (
     ClaimMachine,
@@ -58,62 +57,13 @@ RETRANSMIT_GAPS = (1.0, 2.0, 4.0)  # then 4 s until the client gives up
 REPLY_DELAY = 0.0003  # from a member's kernel back to the client
 
 
-class Machine(Protocol):
-    member_id: int
-
-    def handle_client_packet(
-        self, record: Classified, packet: object, size: int, now: float
-    ) -> Verdict: ...
-
-    def handle_message(self, message: ClaimMessage, now: float) -> None: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-    def pop_actions(self) -> list[SendMessage | InjectPackets | ResetLocalSession]: ...
-
-    def next_wakeup(self) -> float: ...
-
-    def update_local(
-        self,
-        now: float,
-        *,
-        weight: float | None = None,
-        load: float | None = None,
-        draining: bool | None = None,
-        listening: frozenset[tuple[int, int]] | bool | None = False,
-    ) -> None: ...
-
-    def owns(self, key: SessionKey) -> bool: ...
-
-    def statistics(self) -> dict[str, object]: ...
-
-    def bound_violation(self) -> str | None: ...
-
-
-class RendezvousMember:
-    """Adapts ClaimMachine to the simulator's Machine protocol."""
-
-    def __init__(self, machine: ClaimMachine) -> None:
-        self.inner = machine
-        self.member_id = machine.member_id
-        self.handle_client_packet = machine.handle_client_packet
-        self.handle_message = machine.handle_message
-        self.handle_timer = machine.handle_timer
-        self.pop_actions = machine.pop_actions
-        self.next_wakeup = machine.next_wakeup
-        self.update_local = machine.update_local
-        self.statistics = machine.statistics
-        self.bound_violation = machine.bound_violation
-        self.owns = machine.owns
-
-
 @dataclass
 class SimMember:
     index: int
     weight: float
     load: float
     listening: set[tuple[int, int]]
-    machine: Machine | None = None
+    machine: ClaimMachine | FirstSeenMachine | None = None
     generation: int = 0
     wake_at: float = float("inf")
     started_at: float = 0.0
@@ -156,6 +106,7 @@ class RunResult:
     messages_lost: int
     owners: dict[int, int] = field(default_factory=dict)  # member index -> sessions won
     tags: list[str] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)  # every event, with replay --trace
 
 
 class SimulatedCluster:
@@ -239,7 +190,7 @@ class SimulatedCluster:
 
     def dispatch(self, kind: int, a: int, b: int, payload: object) -> None:
         if kind == DELIVER_PACKET:
-            self.deliver_packet(a, payload)  # type: ignore[arg-type]
+            self.deliver_packet(a, b, payload)  # type: ignore[arg-type]
         elif kind == DELIVER_MESSAGE:
             self.deliver_message(a, b, payload)  # type: ignore[arg-type]
         elif kind == WAKE:
@@ -257,21 +208,19 @@ class SimulatedCluster:
 
     # ---------------------------------------------------------------- members
 
-    def new_machine(self, member: SimMember) -> Machine:
+    def new_machine(self, member: SimMember) -> ClaimMachine | FirstSeenMachine:
         member_id = self.rng.getrandbits(64)
         listening = frozenset(member.listening)
         if self.policy == "first-seen":
             return FirstSeenMachine(member_id, self.now, listening=listening)
-        return RendezvousMember(
-            ClaimMachine(
-                member_id,
-                self.settings,
-                self.now,
-                weight=member.weight,
-                load=member.load,
-                draining=member.draining,
-                listening=listening,
-            )
+        return ClaimMachine(
+            member_id,
+            self.settings,
+            self.now,
+            weight=member.weight,
+            load=member.load,
+            draining=member.draining,
+            listening=listening,
         )
 
     def start_member(self, member: SimMember) -> None:
@@ -459,10 +408,12 @@ class SimulatedCluster:
                 (session.index, number, record),
             )
 
-    def deliver_packet(self, index: int, payload: tuple[int, int, Classified]) -> None:
+    def deliver_packet(
+        self, index: int, generation: int, payload: tuple[int, int, Classified]
+    ) -> None:
         member = self.members[index]
-        if member.machine is None:
-            return
+        if member.machine is None or member.generation != generation:
+            return  # sent to a machine that crashed since
         session_index, number, record = payload
         verdict = member.machine.handle_client_packet(record, (session_index, number), 60, self.now)
         injected = [(session_index, number)] if verdict is Verdict.INJECT else []
@@ -507,7 +458,6 @@ class SimulatedCluster:
         for session in self.sessions:
             if session.answered_by is not None:
                 owners[session.answered_by] = owners.get(session.answered_by, 0) + 1
-        claims = 0
         return RunResult(
             seed=self.scenario.seed,
             policy=self.policy,
@@ -519,10 +469,11 @@ class SimulatedCluster:
             conflicts=checker.conflict_sessions,
             conflict_time=checker.conflict_time,
             broken=checker.broken_sessions,
-            claims_sent=checker.claims_sent or claims,
+            claims_sent=checker.claims_sent,
             messages_lost=self.messages_lost,
             owners=owners,
             tags=list(self.scenario.tags),
+            trace=self.trace_lines,
         )
 
 

@@ -8,12 +8,19 @@ the SYN before a rival's claim serves it: two winners without any loss.
 
 from __future__ import annotations
 
-from protocols.claim_machine import Action, SendMessage, Verdict
+from protocols.claim_machine import (
+    ACK,
+    RST,
+    SYN,
+    UNCHANGED,
+    Action,
+    SendMessage,
+    Unchanged,
+    Verdict,
+)
 from protocols.classifier import Classified, FrameKind
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Claim, ClaimMessage
-
-SYN, ACK, RST = 0x02, 0x10, 0x04
 
 
 class FirstSeenMachine:
@@ -67,14 +74,12 @@ class FirstSeenMachine:
         self,
         now: float,
         *,
-        weight: float | None = None,
-        load: float | None = None,
         draining: bool | None = None,
-        listening: frozenset[tuple[int, int]] | bool | None = False,
+        listening: frozenset[tuple[int, int]] | Unchanged | None = UNCHANGED,
     ) -> None:
         if draining is not None:
             self._draining = draining
-        if listening is not False and listening is not True:
+        if listening is not UNCHANGED:
             self._listening = listening
 
     def owns(self, key: SessionKey) -> bool:

@@ -10,6 +10,8 @@
 - Bounds: every table stays within its configured bound.
 - Late joiners: a member never claims a session that was already running
   when it started (for UDP: unless the owner died or messages to it were lost).
+- Silence: a member that drains, or whose service does not listen on the
+  port, never claims.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ from typing import TYPE_CHECKING
 
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Assertion, Claim
-from tools.sim.scenario import GIVE_UP_AFTER, Fault
+from tools.sim.scenario import GIVE_UP_AFTER, LIVENESS_BOUND, Fault
 
 if TYPE_CHECKING:
     from tools.sim.cluster import ClientSession, SimMember, SimulatedCluster
 
 RESOLUTION_BOUND = 6.0
 CONFLICT_RECHECK = 0.05
-LIVENESS_BOUND = 10.0
 NEVER = float("-inf")
 
 
@@ -80,6 +81,9 @@ class InvariantChecker:
             self.to_check.append(key)
             return
         self.claims_sent += 1
+        if sender.draining or (key.transport, key.cluster_port) not in sender.listening:
+            reason = "draining" if sender.draining else "not listening on the port"
+            self.violation("silence", f"member {sender.index} claimed {key} while {reason}")
         established = self.established.get(key)
         if established is None or established[2] >= sender.started_at:
             return

@@ -16,7 +16,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from protocols.claim_machine import ClaimSettings
+
 GIVE_UP_AFTER = 30.0  # a client stops retrying a session this long after it began
+LIVENESS_BOUND = 10.0  # once faults heal, a session is served within this
+# Sessions start early enough that their liveness deadline (after a UDP
+# member's join grace) falls inside the run, so every one of them is checked.
+LAST_START_BEFORE_END = LIVENESS_BOUND + ClaimSettings().join_grace + 0.5
 
 FAULT_KINDS = (
     "loss",
@@ -95,7 +101,7 @@ def draw_scenario(
         member_count = members or rng.choice([1, 2, 3, 3, 4, 5, 5, 6, 8, 8, 12, 16])
         session_count = rng.randint(20, 70)
         heal = rng.uniform(4.0, 12.0)
-    end = heal + 14.0
+    end = heal + 8.0 + LAST_START_BEFORE_END  # sessions start up to 8 s after healing
     plans = [MemberPlan(1.0, 0.0, 0.0) for _ in range(member_count)]
     chosen = [kind for kind in faults if rng.random() < 0.35]
     fault_list: list[Fault] = []
@@ -107,7 +113,7 @@ def draw_scenario(
         port = 53 if transport == 17 else rng.choice([80, 443])
         sessions.append(
             SessionPlan(
-                start=rng.uniform(0.05, end - 6.0),
+                start=rng.uniform(0.05, end - LAST_START_BEFORE_END),
                 transport=transport,
                 cluster_port=port,
                 data_packets=rng.randint(0, 6),
