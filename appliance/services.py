@@ -74,17 +74,18 @@ class MemberServices:
         config.write_text(
             NGINX_CONFIG.format(directory=self.directory, name=self.node.name, rate=rate)
         )
-        self.processes["nginx"] = self.node.popen(
-            [
-                _executable("nginx"),
-                "-c",
-                str(config),
-                "-e",
-                str(self.directory / "nginx-error.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.directory / "nginx.stderr").open("wb"),
-        )
+        with (self.directory / "nginx.stderr").open("wb") as stderr:  # the child keeps a copy
+            self.processes["nginx"] = self.node.popen(
+                [
+                    _executable("nginx"),
+                    "-c",
+                    str(config),
+                    "-e",
+                    str(self.directory / "nginx-error.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         self._wait_listening("tcp", 80)
 
     def write_file(self, name: str, size: int) -> Path:
@@ -164,23 +165,24 @@ class Appliance:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, cluster_ip: str, *extra: str, wait: bool = True) -> None:
+    def start(self, cluster_ip: str, *extra: str) -> None:
+        """Start the daemon and wait until it answers on its control socket."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.process = self.node.popen(
-            [
-                *appliance_command(),
-                "run",
-                "--cluster-ip",
-                cluster_ip,
-                "--interface",
-                "eth0",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("ab"),
-        )
-        if wait:
-            self.wait_ready()
+        with self.log_path.open("ab") as log:  # the child keeps a copy
+            self.process = self.node.popen(
+                [
+                    *appliance_command(),
+                    "run",
+                    "--cluster-ip",
+                    cluster_ip,
+                    "--interface",
+                    "eth0",
+                    *extra,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -121,18 +121,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     arguments = parser.parse_args()
     with lab(members=0, clients=1) as segment:
-        start_member(segment, dns=False)
-        for _ in range(arguments.members - 1):
-            start_member(segment, "--weight", "0", dns=False)
-        server = segment.members[0]
-        iperf_server = server.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
+        serving = start_member(segment, dns=False)
+        others = [
+            start_member(segment, "--weight", "0", dns=False) for _ in range(arguments.members - 1)
+        ]
+        iperf_server = serving.node.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while "tcp/5201" not in serving.appliance.status()["listening"]:
+            if time.monotonic() > deadline:
+                raise SystemExit("the appliance never saw iperf3 listening on port 5201")
+            time.sleep(0.2)
         try:
             print(f"lab with {arguments.members} members; every session served by m1")
             rounds = []
             for number in range(arguments.rounds):
                 print(f"round {number + 1} of {arguments.rounds}")
                 rounds.append(measure(segment, arguments.seconds, arguments.probes))
+            won_elsewhere = sum(
+                other.appliance.status()["counters"]["claims_won"] for other in others
+            )
+            if won_elsewhere:
+                raise SystemExit(f"members of weight 0 won {won_elsewhere} sessions")
         finally:
             iperf_server.terminate()
     direct, cluster = (

@@ -6,7 +6,6 @@ built, even when a test fails.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -18,13 +17,14 @@ import pytest
 from appliance.lab import Lab, Node, lab
 from appliance.services import LabMember, start_member
 
-pytestmark = pytest.mark.lab
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if os.geteuid() != 0:
-        for item in items:
-            if "tests/lab" in str(item.fspath):
+    """Every test here is a lab test (`-m "not lab"` leaves them out); without
+    root they are skipped, saying why."""
+    for item in items:
+        if "tests/lab" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+            if os.geteuid() != 0:
                 item.add_marker(
                     pytest.mark.skip(reason="the lab builds network namespaces: run as root")
                 )
@@ -103,9 +103,12 @@ class Cluster:
         )
         return parse_curl(result.stdout, self.cluster_ip)
 
-    def download(self, paths: list[str], *, max_time: float = 60.0) -> list[tuple[str, int, int]]:
-        """Fetch each path in its own curl process, all at once: (path, status, bytes)."""
-        write_out = "%{url} %{http_code} %{size_download}\\n"
+    def download(
+        self, paths: list[str], *, max_time: float = 60.0
+    ) -> list[tuple[str, int, int, str]]:
+        """Fetch each path in its own curl process, all at once: (path, status, bytes,
+        member), the member from nginx's X-Member header ("" if none came back)."""
+        write_out = "%{url} %{http_code} %{size_download} member=%header{x-member}\\n"
         script = " ".join(
             f"curl --silent --no-keepalive --max-time {max_time} --output /dev/null "
             f"--write-out '{write_out}' 'http://{self.cluster_ip}{path}' &"
@@ -117,8 +120,10 @@ class Cluster:
         prefix = f"http://{self.cluster_ip}"
         downloads = []
         for line in result.stdout.splitlines():
-            url, code, size = line.rsplit(" ", 2)
-            downloads.append((url.removeprefix(prefix), int(code), int(size)))
+            url, code, size, member = line.rsplit(" ", 3)
+            downloads.append(
+                (url.removeprefix(prefix), int(code), int(size), member.removeprefix("member="))
+            )
         return downloads
 
     def served_uris(self) -> Counter[str]:
@@ -172,7 +177,3 @@ def cluster(lab_segment: Lab) -> Iterator[Cluster]:
 
 def client_neighbours(client: Node) -> str:
     return client.run(["ip", "neigh", "show"]).stdout
-
-
-def run_in(node: Node, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return node.run(list(arguments), check=False)

@@ -94,10 +94,9 @@ def test_gratuitous_arp_at_start_teaches_neighbours_the_cluster_mac(lab_segment:
 
 
 def test_drain_moves_new_sessions_away_and_keeps_running_ones(cluster: Cluster) -> None:
-    draining = cluster.members[0]
     for member in cluster.members:
         member.services.write_file("big", 1_000_000)
-    running: list[tuple[str, int, int]] = []
+    running: list[tuple[str, int, int, str]] = []
     transfers = unique_paths(6, "held")
     thread = threading.Thread(
         target=lambda: running.extend(
@@ -106,20 +105,27 @@ def test_drain_moves_new_sessions_away_and_keeps_running_ones(cluster: Cluster) 
     )
     thread.start()
     time.sleep(1.0)
+    # Drain the member serving the most transfers, so that some run through the drain.
+    draining = max(
+        cluster.members, key=lambda member: member.appliance.status()["sessions"]["serving"]
+    )
     result = draining.node.run([*appliance_command(), "drain"])
     assert "draining" in result.stdout
     after = cluster.curl(unique_paths(120, "drained"), parallel=10)
     thread.join()
     assert all(code == 200 for _, code, _ in after)
     assert draining.name not in {body for _, _, body in after}
-    assert all((code, size) == (200, 1_000_000) for _, code, size in running), running
+    assert all((code, size) == (200, 1_000_000) for _, code, size, _ in running), running
+    assert draining.name in {member for _, _, _, member in running}
     deadline = time.monotonic() + 15
     status = draining.appliance.status()
     while not status["drained"] and time.monotonic() < deadline:
         time.sleep(0.5)
         status = draining.appliance.status()
     assert status["drained"] and status["draining"]
-    for member in cluster.members[1:]:
+    for member in cluster.members:
+        if member is draining:
+            continue
         seen = member.appliance.status()
         flags = {entry["member_id"]: entry["draining"] for entry in seen["members"]}
         assert flags[status["member_id"]] is True

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.lab import remove_stale_labs
+
 
 def namespaces_of(pid: int) -> list[str]:
     return [path.name for path in Path("/run/netns").glob(f"apl-{pid}-*")]
@@ -29,6 +31,7 @@ def test_the_demo_answers_every_request_and_leaves_nothing(tmp_path: Path) -> No
     # Each survivor's status counts as many claims won as its clients saw it serve.
     cross_checks = re.findall(r"served by m\d: (\d+), won (\d+) claims", result.stdout)
     assert len(cross_checks) == 2, result.stdout[-2000:]
+    assert all(int(served) <= int(won) for served, won in cross_checks), cross_checks
     assert "status counters match the clients" in result.stdout
     assert "killed" in result.stdout and "failover:" in result.stdout
     lab_line = next(line for line in result.stdout.splitlines() if line.startswith("lab "))
@@ -44,17 +47,27 @@ def test_ctrl_c_tears_the_demo_down(tmp_path: Path) -> None:
         text=True,
     )
     assert process.stdout is not None
-    deadline = time.monotonic() + 90
-    seen = ""
-    while "requests" not in seen and time.monotonic() < deadline:
-        seen += process.stdout.readline()
-    assert "requests" in seen, seen
-    assert namespaces_of(process.pid)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 130
-    assert namespaces_of(process.pid) == []
-    leftovers = subprocess.run(
-        ["pgrep", "-f", "appliance-lab-"], capture_output=True, text=True, check=False
-    ).stdout
-    assert leftovers.strip() == ""
-    assert os.path.exists("/dev/net/tun")
+    try:
+        deadline = time.monotonic() + 90
+        seen = ""
+        while "requests" not in seen and time.monotonic() < deadline:
+            seen += process.stdout.readline()
+        assert "requests" in seen, seen
+        assert namespaces_of(process.pid)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        assert namespaces_of(process.pid) == []
+        # No daemon, load generator or server of the lab survives it.
+        leftovers = subprocess.run(
+            ["pgrep", "-af", "appliance run --cluster-ip|appliance.loadgen|appliance-lab-"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        assert leftovers.strip() == ""
+        assert os.path.exists("/dev/net/tun")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        remove_stale_labs()
