@@ -22,8 +22,9 @@ The rule, in plain words:
    the claims seen is the same on every member whatever the order they
    arrived in: there is no "first claim wins".
 4. The winner injects the queued packets and asserts ownership, again after a
-   few short delays. An owner answers every later claim or assertion for its
-   session with an assertion. A claimer that hears an assertion yields.
+   few short delays. An owner answers a later claim for its session with an
+   assertion (at most one per guard window). A claimer that hears an
+   assertion yields.
 5. Two owners exist only when claims were lost. When an owner hears another's
    assertion, the lower (score, member id) yields and resets its half-open
    local connection. Members also re-assert their sessions to peers they hear
@@ -128,7 +129,8 @@ class ClaimSettings:
     # every member a message per session.
     assertion_repeats: tuple[float, ...] = (0.001,)
     # After messages from a peer went missing, re-assert the sessions won
-    # meanwhile at these offsets, until one gets through.
+    # meanwhile at these offsets, so that one likely gets through (nothing
+    # acknowledges an assertion: the whole plan is always sent).
     resync_repeats: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0)
     reorder_window: float = 0.01  # a counter gap not filled by then is a loss
     reclaim_after: float = 0.5  # a claim never confirmed may be retried after this
@@ -1008,8 +1010,8 @@ class ClaimMachine:
 
     def _messages_lost(self, peer: Peer, now: float) -> None:
         """Some of `peer`'s messages are lost: perhaps a claim for a session we
-        won meanwhile. Re-assert those sessions until one assertion gets through;
-        if the peer owns one too, the lower bid yields.
+        won meanwhile. Re-assert those sessions, so that one assertion likely
+        gets through; if the peer owns one too, the lower bid yields.
         """
         peer.in_order_at = now
         self._reassert(
