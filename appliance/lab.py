@@ -91,12 +91,6 @@ class Node:
     def popen(self, arguments: Sequence[str], **options: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command(arguments), start_new_session=True, **options)  # type: ignore[call-overload, no-any-return]
 
-    def pids(self) -> list[int]:
-        result = subprocess.run(
-            ["ip", "netns", "pids", self.namespace], capture_output=True, text=True, check=False
-        )
-        return [int(pid) for pid in result.stdout.split()]
-
 
 @dataclass
 class Lab:
@@ -163,6 +157,7 @@ def _namespace_exists(namespace: str) -> bool:
 def _kill_namespace(namespace: str) -> None:
     if not _namespace_exists(namespace):
         return
+    pids: list[int] = []
     for attempt in range(50):
         result = subprocess.run(
             ["ip", "netns", "pids", namespace], capture_output=True, text=True, check=False
@@ -174,6 +169,8 @@ def _kill_namespace(namespace: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM if attempt < 10 else signal.SIGKILL)
         time.sleep(0.05)
+    if pids:
+        log.warning("%s: processes %s outlived SIGKILL (stuck in the kernel?)", namespace, pids)
     subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, check=False)
 
 
