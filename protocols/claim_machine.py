@@ -830,7 +830,10 @@ class ClaimMachine:
         state = session.state
         if state is PENDING:
             if session.claim_at is not None and now >= session.claim_at and not session.claim_sent:
-                self._send_claim(session, now)
+                if self._may_claim(session.key, now):
+                    self._send_claim(session, now)
+                else:
+                    self._decline(session)
             elif session.decide_at is not None and now >= session.decide_at:
                 self._decide(session, now)
             else:
@@ -915,6 +918,14 @@ class ClaimMachine:
             return
         session.next_assertion_at = session.repeat_base + plan[session.repeat_index]
         session.repeat_index += 1
+
+    def _decline(self, session: Session) -> None:
+        """This member began draining, or its service stopped listening, before
+        its turn to claim: it stays silent, as if it had never been a candidate."""
+        self._discard_queue(session, "not_claimed")
+        session.claim_at = None
+        self._table.set_state(session, FOREIGN)
+        self._schedule_expiry(session)
 
     def _lose(self, session: Session, now: float) -> None:
         if session.claim_sent:

@@ -584,6 +584,29 @@ def test_a_declined_flow_knocking_again_is_still_one_session() -> None:
     assert machine.counters.sessions_started == 1
 
 
+@pytest.mark.parametrize("change", ["drain", "service_down"])
+def test_a_backup_that_may_no_longer_claim_when_its_turn_comes_stays_silent(
+    change: str,
+) -> None:
+    """Ranked second, it waits its turn; it starts draining (or its service stops)
+    meanwhile: no claim goes out, and the queued packet is dropped."""
+    machine = new_machine(listening=frozenset({(6, 80)}))
+    machine.handle_message(hello(PEER, 1), 0.05)
+    run_until(machine, 0.1)
+    key = key_where(ranked_first(PEER, ME))
+    assert machine.handle_client_packet(syn(key), "syn", 60, 0.1) is Verdict.QUEUED
+    assert claims(machine.pop_actions()) == []  # not its turn yet
+    if change == "drain":
+        machine.update_local(0.101, draining=True)
+    else:
+        machine.update_local(0.101, listening=frozenset())
+    machine.pop_actions()
+
+    assert claims(untimed(run_until(machine, 0.5))) == []
+    assert not machine.owns(key)
+    assert machine.drops["not_claimed"] == 1
+
+
 def test_draining_unchanged_sends_no_extra_hello() -> None:
     machine = new_machine()
     machine.update_local(0.3, draining=False)
