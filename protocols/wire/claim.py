@@ -9,6 +9,9 @@ increases by one with every message a member sends. Then a body by type:
   answer to any claim for a session the sender owns.
 - HELLO: "I am alive, with this effective weight", plus draining, warming
   and leaving flags.
+- ACKNOWLEDGEMENT: "I have handled member M's claim numbered N". Sent in
+  answer to every claim; the claimer decides once every live member has
+  acknowledged its claim (the others only count it in the sender's counter).
 
 When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
 (truncated HMAC-SHA256 of everything before it) ends the message.
@@ -56,6 +59,7 @@ class MessageType(IntEnum):
     CLAIM = 1
     ASSERTION = 2
     HELLO = 3
+    ACKNOWLEDGEMENT = 4
 
 
 class MessageFlags(IntFlag):
@@ -81,6 +85,7 @@ SESSION_KEY = Struct(
 
 SESSION_BODY = Struct("score" / Float64b, "session" / SESSION_KEY)
 HELLO_BODY = Struct("weight" / Float64b)
+ACKNOWLEDGEMENT_BODY = Struct("claimer" / Int64ub, "claim_counter" / Int64ub)
 
 CLAIM_MESSAGE = Struct(
     "version" / Int8ub,
@@ -97,9 +102,10 @@ CLAIM_MESSAGE = Struct(
             MessageType.CLAIM: SESSION_BODY,
             MessageType.ASSERTION: SESSION_BODY,
             MessageType.HELLO: HELLO_BODY,
+            MessageType.ACKNOWLEDGEMENT: ACKNOWLEDGEMENT_BODY,
         },
     ),
-    Check(lambda ctx: ctx.message_type in (1, 2, 3)),
+    Check(lambda ctx: ctx.message_type in (1, 2, 3, 4)),
     "tag" / If(lambda ctx: ctx.flags & MessageFlags.AUTHENTICATED, Bytes(TAG_LENGTH)),
     Terminated,
 )
@@ -146,7 +152,21 @@ class Hello:
         return encode_message(self)
 
 
-ClaimMessage = Claim | Assertion | Hello
+@dataclass(frozen=True, slots=True)
+class Acknowledgement:
+    """A member has handled `claimer`'s claim numbered `claim_counter` (and so
+    sent everything it had to say about that session before this)."""
+
+    member_id: int
+    counter: int
+    claimer: int
+    claim_counter: int
+
+    def build(self) -> bytes:
+        return encode_message(self)
+
+
+ClaimMessage = Claim | Assertion | Hello | Acknowledgement
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +183,10 @@ class SignedClaimMessage:
 _HEADER = struct.Struct("!BBBQQ")
 _SESSION_FIXED = struct.Struct("!dBBHH")
 _HELLO = struct.Struct("!d")
+_ACKNOWLEDGEMENT = struct.Struct("!QQ")
 HEADER_LENGTH = _HEADER.size
 _MAX_U64 = 2**64 - 1
+_KNOWN_TYPES = frozenset(MessageType)
 
 
 def _check_number(name: str, value: float) -> None:
@@ -193,6 +215,13 @@ def encode_message(message: ClaimMessage, *, authenticated: bool = False) -> byt
             CLAIM_VERSION, MessageType.HELLO, flags, message.member_id, message.counter
         )
         return header + _HELLO.pack(message.weight)
+    if isinstance(message, Acknowledgement):
+        if not 0 <= message.claimer <= _MAX_U64 or not 0 <= message.claim_counter <= _MAX_U64:
+            raise LocalProtocolError("claimer and claim_counter must fit in 64 bits")
+        header = _HEADER.pack(
+            CLAIM_VERSION, MessageType.ACKNOWLEDGEMENT, flags, message.member_id, message.counter
+        )
+        return header + _ACKNOWLEDGEMENT.pack(message.claimer, message.claim_counter)
     _check_number("score", message.score)
     key = message.session
     size = len(key.client_address)
@@ -231,7 +260,7 @@ def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
             f"claim message version {data[0]} is not supported (this member speaks "
             f"version {CLAIM_VERSION}); upgrade every member to the same release"
         )
-    if data[1] not in (MessageType.CLAIM, MessageType.ASSERTION, MessageType.HELLO):
+    if data[1] not in _KNOWN_TYPES:
         raise UnknownMessageType(f"claim message type {data[1]} is unknown in version 1")
     if len(data) < HEADER_LENGTH:
         raise MalformedPacket(f"claim message of {len(data)} bytes is too short")
@@ -255,6 +284,12 @@ def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
             warming=bool(flags & MessageFlags.WARMING),
             leaving=bool(flags & MessageFlags.LEAVING),
         )
+    elif message_type == MessageType.ACKNOWLEDGEMENT:
+        if len(data) < offset + _ACKNOWLEDGEMENT.size:
+            raise MalformedPacket("acknowledgement message is truncated")
+        claimer, claim_counter = _ACKNOWLEDGEMENT.unpack_from(data, offset)
+        offset += _ACKNOWLEDGEMENT.size
+        message = Acknowledgement(member_id, counter, claimer, claim_counter)
     else:
         if len(data) < offset + _SESSION_FIXED.size:
             raise MalformedPacket("claim message is truncated")

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv6Address
 from protocols.errors import LocalProtocolError
 from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import (
+    Acknowledgement,
     Assertion,
     Claim,
     Hello,
@@ -52,6 +53,7 @@ Layer = (
     | Claim
     | Assertion
     | Hello
+    | Acknowledgement
     | SignedClaimMessage
     | bytes
 )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from protocols.session_key import SessionKey
 from protocols.wire.arp import ArpPacket
-from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 from protocols.wire.common import MacAddress
 from protocols.wire.ethernet import EthernetFrame, EtherType, VlanTag
 from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error, Icmpv4Other
@@ -82,6 +82,13 @@ claim_messages: st.SearchStrategy[ClaimMessage] = st.one_of(
         st.booleans(),
         st.booleans(),
         st.booleans(),
+    ),
+    st.builds(
+        Acknowledgement,
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
+        st.integers(0, 2**64 - 1),
     ),
 )
 

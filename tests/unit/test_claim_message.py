@@ -17,6 +17,7 @@ from protocols.errors import (
 )
 from protocols.wire.claim import (
     CLAIM_MESSAGE,
+    Acknowledgement,
     Claim,
     ClaimMessage,
     Hello,
@@ -38,6 +39,9 @@ def _declaration_view(message: ClaimMessage) -> dict[str, object]:
             | (MessageFlags.LEAVING if message.leaving else 0)
         )
         return {"type": 3, "flags": int(flags), "body": {"weight": message.weight}}
+    if isinstance(message, Acknowledgement):
+        body = {"claimer": message.claimer, "claim_counter": message.claim_counter}
+        return {"type": 4, "flags": 0, "body": body}
     key = message.session
     return {
         "type": 1 if isinstance(message, Claim) else 2,

@@ -42,6 +42,7 @@ EXPECTED_KINDS = {
     "assertion": FrameKind.CLAIM,
     "hello": FrameKind.CLAIM,
     "hello_draining": FrameKind.CLAIM,
+    "acknowledgement": FrameKind.CLAIM,
     "claim_ipv6_session": FrameKind.CLAIM,
     "claim_authenticated": FrameKind.CLAIM,
 }

@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from protocols.wire.arp import ArpPacket
-from protocols.wire.claim import Assertion, Claim, Hello, SignedClaimMessage
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, Hello, SignedClaimMessage
 from protocols.wire.ethernet import EthernetFrame
 from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error
 from protocols.wire.icmpv6 import NeighborAdvertisement, NeighborSolicitation
@@ -37,6 +37,7 @@ REQUIRED_SHAPES = {
     "claim",
     "assertion",
     "hello",
+    "acknowledgement",
 }
 
 
@@ -122,9 +123,9 @@ def test_claim_fixtures_cover_every_message_type() -> None:
     kinds = {
         type(parse_stack(frames.fixture_frame(name))[2])
         for name in FIXTURES
-        if "claim" in name or name in {"assertion", "hello", "hello_draining"}
+        if "claim" in name or name in {"assertion", "hello", "hello_draining", "acknowledgement"}
     }
-    assert {Claim, Assertion, Hello, SignedClaimMessage} <= kinds
+    assert {Claim, Assertion, Hello, Acknowledgement, SignedClaimMessage} <= kinds
 
 
 def test_echo_and_dns_shapes() -> None:
