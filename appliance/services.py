@@ -117,7 +117,7 @@ class MemberServices:
                 f"--listen-address={cluster_ip}",
                 "--except-interface=lo",
                 f"--txt-record={DNS_NAME},{self.node.name}",
-                "--log-queries",
+                "--log-queries=extra",  # with the client's port: duplicates can be traced
                 f"--log-facility={self.directory / 'dnsmasq.log'}",
                 f"--pid-file={self.directory / 'dnsmasq.pid'}",
                 "--cache-size=0",
