@@ -277,8 +277,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"{sessions['pending']} pending, {sessions['closing']} closing",
         f"claims: {counters['claims_sent']} sent, {counters['claims_won']} won, "
         f"{counters['claims_lost']} lost, {counters['conflicts']} in conflict "
-        f"({counters['conflicts_yielded']} yielded); assertions {counters['assertions_sent']} "
-        f"sent, {counters['assertions_received']} received",
+        f"({counters['conflicts_yielded']} yielded), {counters['decided_on_timeout']} decided "
+        f"on timeout; assertions {counters['assertions_sent']} sent, "
+        f"{counters['assertions_received']} received",
         "drops: " + ", ".join(f"{reason} {count}" for reason, count in drops.items()),
         f"frames: {frames['frames']} read, {frames['malformed']} malformed, "
         f"{frames['claims_malformed']} bad claims, {frames['auth_failures']} authentication "

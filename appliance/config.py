@@ -185,7 +185,15 @@ KEYS: tuple[Key, ...] = (
         "guard_ms",
         PROTOCOL.guard * 1000,
         _number(0.1, 1000.0),
-        "A claimer waits this long for rival claims; more than twice the segment's one-way delay.",
+        "Shortest wait before a claim is decided, for claims from members not heard yet; "
+        "more than twice the segment's one-way delay.",
+    ),
+    Key(
+        "ack_timeout_ms",
+        PROTOCOL.ack_timeout * 1000,
+        _number(0.1, 10000.0),
+        "Longest wait for every live member to acknowledge a claim (decided sooner once all "
+        "have); more than the worst round trip to a busy member. At least guard_ms.",
     ),
     Key(
         "claim_step_ms",
@@ -273,6 +281,7 @@ class Config:
         try:
             return ClaimSettings(
                 guard=self.values["guard_ms"] / 1000,
+                ack_timeout=self.values["ack_timeout_ms"] / 1000,
                 claim_step=self.values["claim_step_ms"] / 1000,
                 max_claim_delay=3 * self.values["claim_step_ms"] / 1000,
                 hello_interval=self.values["hello_interval"],

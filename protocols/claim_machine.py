@@ -16,11 +16,24 @@ The rule, in plain words:
    r * claim_step, as a backup, and only if it has heard no claim yet. A
    member that is draining, or whose service does not listen on the port,
    never claims.
-3. A claimer waits `guard` after its claim. It then serves the session if no
-   claim with a higher (score, member id) and no ownership assertion arrived;
-   otherwise it drops the queued packets. The highest (score, member id) among
-   the claims seen is the same on every member whatever the order they
-   arrived in: there is no "first claim wins".
+3. Every member acknowledges every claim it handles. A claimer decides once
+   every live member it knows has acknowledged its claim, and `guard` has
+   passed (for members it has not heard yet); or after `ack_timeout`, if some
+   never acknowledge (a lost message, a member that died). It then serves the session
+   if no claim with a higher (score, member id) and no ownership assertion
+   arrived; otherwise it drops the queued packets. The highest (score, member
+   id) among the claims seen is the same on every member whatever the order
+   they arrived in: there is no "first claim wins".
+
+   The acknowledgement is what makes this safe under any delay. A member
+   sends its own claim or assertion for a session before it acknowledges a
+   rival's claim for it, and an acknowledgement counts only once every
+   earlier message of its sender has arrived (counters have no gap). So two
+   claimers that each hold the other's acknowledgement have each seen the
+   other's claim, and agree on the higher one. Only a timeout can let two
+   members win: a lost message, a member silent for longer than
+   `ack_timeout`, or a member not yet known whose claim takes longer than
+   `guard`. The loser yields as in 5.
 4. The winner injects the queued packets and asserts ownership, again after a
    few short delays. An owner answers a later claim for its session with an
    assertion (at most one per guard window). A claimer that hears an
@@ -51,7 +64,7 @@ from protocols.session_table import (
     Session,
     SessionTable,
 )
-from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 
 TCP = 6
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -118,13 +131,16 @@ class SettingsError(ValueError):
 class ClaimSettings:
     """Timings and bounds of the claim protocol. Times are in seconds."""
 
-    # A claimer waits `guard` for rival claims before winning. It must exceed
-    # twice the one-way delay of the segment; processing delays do not count,
-    # since a member drains its TAP before deciding.
+    # A claimer decides once every live member acknowledged its claim (one
+    # round trip) and `guard` has passed, or at the latest after
+    # `ack_timeout`. Delays past `guard` are safe between members that know
+    # each other (the acknowledgements cover them); `guard` is what protects
+    # against a claim from a member not heard yet (a join, a healed partition).
     guard: float = 0.002
+    ack_timeout: float = 0.1
     claim_step: float = 0.002  # extra delay per rank for backup claimers
     max_claim_delay: float = 0.006  # backups ranked further down all claim at this delay
-    # Re-assert once after winning, landing inside a backup claimer's guard.
+    # Re-assert once after winning, for a claim that crossed the assertion.
     # More repeats barely lower conflicts (tools.sim measures it) and cost
     # every member a message per session.
     assertion_repeats: tuple[float, ...] = (0.001,)
@@ -159,6 +175,10 @@ class ClaimSettings:
                     raise SettingsError(f"{field.name} must be a number >= 0, not {value!r}")
         if self.guard <= 0 or self.hello_interval <= 0 or self.resync_rate <= 0:
             raise SettingsError("guard, hello_interval and resync_rate must be above 0")
+        if self.ack_timeout < self.guard:
+            raise SettingsError(
+                f"ack_timeout ({self.ack_timeout}) must be at least guard ({self.guard})"
+            )
         if self.member_timeout <= self.hello_interval:
             raise SettingsError(
                 f"member_timeout ({self.member_timeout}) must exceed "
@@ -179,6 +199,7 @@ class Peer:
     """Another member, as learned from its messages."""
 
     __slots__ = (
+        "acked_claim",
         "draining",
         "gap_since",
         "in_order_at",
@@ -187,6 +208,8 @@ class Peer:
         "loss_check_at",
         "member_id",
         "missing",
+        "trust_after",
+        "unconfirmed_ack",
         "warming",
         "weight",
     )
@@ -203,6 +226,14 @@ class Peer:
         self.missing: set[int] = set()
         self.gap_since = now
         self.loss_check_at: float | None = None
+        # Acknowledgements: this member's claims up to `acked_claim` are
+        # acknowledged; one that arrived while the peer's counter had a gap
+        # waits in `unconfirmed_ack` until the gap fills. None is trusted
+        # from a message numbered `trust_after` or lower: some before them
+        # were lost.
+        self.acked_claim = 0
+        self.unconfirmed_ack = 0
+        self.trust_after = counter
 
 
 @dataclass(slots=True)
@@ -216,6 +247,9 @@ class Counters:
     claims_lost: int = 0
     assertions_sent: int = 0
     assertions_received: int = 0
+    acknowledgements_sent: int = 0
+    acknowledgements_received: int = 0  # for this member's claims
+    decided_on_timeout: int = 0  # claims some live member never acknowledged in ack_timeout
     conflicts: int = 0  # another member asserted a session this member owned
     conflicts_yielded: int = 0  # ... and this member gave it up
     hellos_sent: int = 0
@@ -298,6 +332,8 @@ class ClaimMachine:
         self._queued_bytes = 0
         # Sessions holding queued packets, in the order their queues began.
         self._queued_sessions: OrderedDict[SessionKey, None] = OrderedDict()
+        # This member's claims still waiting for acknowledgements, by counter.
+        self._awaiting: OrderedDict[int, SessionKey] = OrderedDict()
         self._resync_until = now  # re-assertions are spread out from here on
         self._loss_check_at: float | None = None  # the earliest peer.loss_check_at
         self._next_hello_at = now
@@ -351,9 +387,26 @@ class ClaimMachine:
         elif isinstance(message, Claim):
             self.counters.claims_received += 1
             self._claim(message, now)
-        else:
+            # After anything the claim made us send (an assertion): the
+            # claimer reads this acknowledgement only after those.
+            self.counters.acknowledgements_sent += 1
+            self._send(
+                Acknowledgement(
+                    self.member_id, self._next_counter(), message.member_id, message.counter
+                )
+            )
+        elif isinstance(message, Assertion):
             self.counters.assertions_received += 1
             self._assertion(message, now)
+        elif message.claimer == self.member_id and peer is not None:
+            self.counters.acknowledgements_received += 1
+            if message.counter > peer.trust_after:
+                peer.unconfirmed_ack = max(peer.unconfirmed_ack, message.claim_counter)
+        if peer is not None and peer.unconfirmed_ack and not peer.missing:
+            # Every message the peer sent before its acknowledgement is here.
+            peer.acked_claim = max(peer.acked_claim, peer.unconfirmed_ack)
+            peer.unconfirmed_ack = 0
+            self._decide_acknowledged(now)
 
     def handle_timer(self, now: float, *, sessions: bool = True) -> None:
         """Run everything that is due at `now`.
@@ -367,6 +420,7 @@ class ClaimMachine:
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
+            self._decide_acknowledged(now)  # nobody waits for a member now gone
         if self._loss_check_at is not None and now >= self._loss_check_at:
             self._loss_check_at = None
             for peer in list(self._peers.values()):
@@ -463,6 +517,11 @@ class ClaimMachine:
 
     def peers(self, now: float) -> list[Peer]:
         return [peer for peer in self._peers.values() if self._alive(peer, now)]
+
+    def knows(self, member_id: int, now: float) -> bool:
+        """Whether `member_id` is a live peer: its acknowledgements are awaited."""
+        peer = self._peers.get(member_id)
+        return peer is not None and self._alive(peer, now)
 
     def statistics(self) -> dict[str, object]:
         counts = self._table.counts
@@ -721,12 +780,14 @@ class ClaimMachine:
         if hello.leaving:
             if peer is not None:
                 self._forget_peer(peer)
+                self._decide_acknowledged(now)
             return
         if peer is None:
             if len(self._peers) >= self.settings.max_members:
                 oldest = min(self._peers.values(), key=lambda candidate: candidate.last_heard)
                 self._forget_peer(oldest)
             peer = self._peers[hello.member_id] = Peer(hello.member_id, hello.counter, now)
+            peer.acked_claim = self._counter  # claims sent before it was heard never reached it
             last_heard = self._departed.pop(hello.member_id, None)
             if last_heard is not None:
                 # A member we had given up on (a partition): everything it
@@ -835,7 +896,7 @@ class ClaimMachine:
                 else:
                     self._decline(session)
             elif session.decide_at is not None and now >= session.decide_at:
-                self._decide(session, now)
+                self._time_out(session, now)
             else:
                 self._reschedule_pending(session)
             return
@@ -875,12 +936,58 @@ class ClaimMachine:
     def _send_claim(self, session: Session, now: float) -> None:
         session.claim_sent = True
         session.claim_at = None
-        session.decide_at = now + self.settings.guard
+        session.claimed_at = now
+        session.decide_at = now + self.settings.ack_timeout
         self._table.schedule(session, session.decide_at)
         self.counters.claims_sent += 1
-        self._send(Claim(self.member_id, self._next_counter(), session.key, session.my_score))
+        session.claim_counter = counter = self._next_counter()
+        self._awaiting[counter] = session.key
+        self._send(Claim(self.member_id, counter, session.key, session.my_score))
+        self._decide_acknowledged(now)  # at once when there is nobody to ask
+
+    def _decide_acknowledged(self, now: float) -> None:
+        """Decide the claims every live member has acknowledged, oldest first;
+        one made less than `guard` ago is decided when `guard` has passed."""
+        awaiting = self._awaiting
+        if not awaiting:
+            return
+        through = min(
+            (peer.acked_claim for peer in self._peers.values() if self._alive(peer, now)),
+            default=self._counter,
+        )
+        table = self._table
+        while awaiting:
+            counter = next(iter(awaiting))
+            if counter > through:
+                return
+            session = table.get(awaiting.pop(counter))
+            if session is not None and session.state is PENDING:
+                assert session.claim_counter == counter  # _lose and _remove forget the others
+                earliest = session.claimed_at + self.settings.guard
+                if now >= earliest:
+                    self._decide(session, now)
+                else:
+                    session.decide_at = earliest
+                    table.schedule(session, earliest)
+
+    def _time_out(self, session: Session, now: float) -> None:
+        """The claim's decision time: `guard` after an acknowledged claim, or
+        `ack_timeout` after one some live member never acknowledged.
+
+        A member that died a moment ago counts as live until member_timeout,
+        so claims pay the whole ack_timeout until then (skipping a silent member
+        instead would let two members that each lost track of the other both
+        win at once).
+        """
+        if any(
+            peer.acked_claim < session.claim_counter and self._alive(peer, now)
+            for peer in self._peers.values()
+        ):
+            self.counters.decided_on_timeout += 1
+        self._decide(session, now)
 
     def _decide(self, session: Session, now: float) -> None:
+        self._awaiting.pop(session.claim_counter, None)
         rival = (session.owner_score, session.owner)
         if session.owner != NO_MEMBER and rival > (session.my_score, self.member_id):
             self._lose(session, now)
@@ -930,6 +1037,7 @@ class ClaimMachine:
     def _lose(self, session: Session, now: float) -> None:
         if session.claim_sent:
             self.counters.claims_lost += 1
+            self._awaiting.pop(session.claim_counter, None)
         self._discard_queue(session, "lost_claim")
         session.claim_at = session.decide_at = None
         self._table.set_state(session, FOREIGN)
@@ -996,6 +1104,7 @@ class ClaimMachine:
                     peer.gap_since = peer.in_order_at
                 if len(peer.missing) + counter - last - 1 > MAX_MISSING:
                     peer.missing.clear()
+                    peer.trust_after = counter
                     self._messages_lost(peer, now)
                 else:
                     peer.missing.update(range(last + 1, counter))
@@ -1017,6 +1126,10 @@ class ClaimMachine:
         peer.loss_check_at = None
         if peer.missing:
             peer.missing.clear()
+            # A lost message may have been its claim: its acknowledgements
+            # so far prove nothing, and our claims wait for `ack_timeout`.
+            peer.unconfirmed_ack = 0
+            peer.trust_after = peer.last_counter
             self._messages_lost(peer, now)
 
     def _messages_lost(self, peer: Peer, now: float) -> None:
@@ -1090,6 +1203,8 @@ class ClaimMachine:
             )
 
     def _remove(self, session: Session) -> None:
+        if session.state is PENDING and session.claim_sent:
+            self._awaiting.pop(session.claim_counter, None)
         if session.queue:
             self._discard_queue(session, "aborted")
         self._table.remove(session)
@@ -1113,6 +1228,8 @@ class ClaimMachine:
             return f"queued bytes: {self._queued_bytes} > {settings.max_queued_bytes}"
         if len(self._peers) > settings.max_members:
             return f"members: {len(self._peers)} > {settings.max_members}"
+        if len(self._awaiting) > settings.max_sessions:
+            return f"claims awaiting acknowledgement: {len(self._awaiting)}"
         if len(self._fragments) > settings.max_fragments:
             return f"fragments: {len(self._fragments)} > {settings.max_fragments}"
         if table.timer_entries > table.timer_limit:

@@ -46,7 +46,9 @@ class Session:
     __slots__ = (
         "answered_at",
         "claim_at",
+        "claim_counter",
         "claim_sent",
+        "claimed_at",
         "decide_at",
         "established",
         "key",
@@ -86,6 +88,8 @@ class Session:
         # This member's own bid.
         self.my_score = 0.0
         self.claim_sent = False
+        self.claim_counter = 0  # the counter of this member's claim message
+        self.claimed_at = 0.0
         self.claim_at: float | None = None
         self.decide_at: float | None = None
         self.won_at: float | None = None

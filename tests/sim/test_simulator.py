@@ -45,9 +45,21 @@ def test_the_original_first_seen_rule_is_caught() -> None:
     assert "safety" in invariants
 
 
-def test_a_guard_shorter_than_the_network_delay_is_caught() -> None:
-    """The checker catches the project's own machine when misconfigured."""
-    settings = ClaimSettings(guard=0.00002, claim_step=0.0)
+def test_a_slow_member_breaks_the_fixed_guard_but_not_acknowledgements() -> None:
+    """A member whose traffic runs 5 to 45 ms late (a starved CPU): the rule
+    before acknowledgements serves sessions twice; the current one never does."""
+    seeds = range(1, 151)
+    old = list(run_many(seeds, policy="fixed-guard", faults=("slow_member",), workers=2))
+    assert any(violation.invariant == "safety" for result in old for violation in result.violations)
+    current = list(run_many(seeds, faults=("slow_member",), workers=2))
+    assert not _failures(current)
+    assert sum(result.conflicts for result in current) == 0
+
+
+def test_timeouts_shorter_than_the_network_delay_are_caught() -> None:
+    """The checker catches the project's own machine when misconfigured: claims
+    decided before anyone could have answered."""
+    settings = ClaimSettings(guard=0.00002, ack_timeout=0.00002, claim_step=0.0)
     results = [
         run_schedule(draw_scenario(seed, faults=()), settings=settings) for seed in range(1, 40)
     ]

@@ -19,7 +19,7 @@ from protocols.classifier import Classified, FragmentKey, FrameKind
 from protocols.rendezvous import rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
 from protocols.session_table import CLOSING, FOREIGN, OWNED, PENDING, Session
-from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 
 TCP, UDP = 6, 17
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -107,6 +107,10 @@ def assertions(actions: Iterable[Action]) -> list[Assertion]:
     return [message for message in messages(actions) if isinstance(message, Assertion)]
 
 
+def acknowledgements(actions: Iterable[Action]) -> list[Acknowledgement]:
+    return [message for message in messages(actions) if isinstance(message, Acknowledgement)]
+
+
 def hellos(actions: Iterable[Action]) -> list[Hello]:
     return [message for message in messages(actions) if isinstance(message, Hello)]
 
@@ -153,13 +157,16 @@ def session_of(machine: ClaimMachine, key: SessionKey) -> Session:
 
 
 def win_alone(machine: ClaimMachine, key: SessionKey, now: float, sequence: int = 1000) -> float:
-    """A lone member claims `key` at `now` and wins it; returns when it won."""
+    """A member that hears no rival claims `key` at `now` and wins it; returns when
+    it won: after guard, or after ack_timeout if it knows peers (which never
+    acknowledge here)."""
     run_until(machine, now)  # catch up with whatever fell due before
     machine.pop_actions()
     packet = syn(key, sequence) if key.transport == TCP else udp(key)
     assert machine.handle_client_packet(packet, "first", 60, now) is Verdict.QUEUED
     assert len(claims(machine.pop_actions())) == 1
-    won_at = now + machine.settings.guard
+    settings = machine.settings
+    won_at = now + (settings.ack_timeout if machine.peers(now) else settings.guard)
     assert machine.next_wakeup() == won_at
     machine.handle_timer(won_at)
     machine.pop_actions()
@@ -261,7 +268,8 @@ def test_backup_claimer_waits_one_claim_step_then_claims() -> None:
 
     machine.handle_timer(0.2 + SETTINGS.claim_step)
     assert claims(machine.pop_actions()) == [Claim(ME, 3, key, score(key, ME))]
-    assert machine.next_wakeup() == 0.2 + SETTINGS.claim_step + GUARD
+    # PEER never acknowledges (it is dead: that is why we claim): the whole ack_timeout.
+    assert machine.next_wakeup() == 0.2 + SETTINGS.claim_step + SETTINGS.ack_timeout
 
 
 def test_two_higher_peers_delay_the_claim_two_steps() -> None:
@@ -297,7 +305,9 @@ def test_backup_claimer_stays_silent_when_the_first_ranked_claims() -> None:
 
     machine.handle_message(Claim(PEER, 2, key, score(key, PEER)), 0.202)
 
-    assert machine.pop_actions() == []
+    # Only the acknowledgement the claim asks for.
+    (acknowledgement,) = messages(machine.pop_actions())
+    assert acknowledgement == Acknowledgement(ME, acknowledgement.counter, PEER, 2)
     session = session_of(machine, key)
     assert session.state is FOREIGN
     assert session.owner == PEER
@@ -540,7 +550,11 @@ def test_owner_answers_claims_at_most_once_per_guard() -> None:
 
     machine.handle_message(Claim(RIVAL, 2, key, rival), first + GUARD / 2)
     machine.handle_message(Claim(PEER, 1, key, rival), first + GUARD * 0.99)
-    assert machine.pop_actions() == []
+    sent = messages(machine.pop_actions())
+    assert [(type(message), getattr(message, "claimer", None)) for message in sent] == [
+        (Acknowledgement, RIVAL),
+        (Acknowledgement, PEER),
+    ]
 
     machine.handle_message(Claim(RIVAL, 3, key, rival), first + GUARD)
     assert len(assertions(machine.pop_actions())) == 1
@@ -677,7 +691,12 @@ def test_message_before_the_client_packet_is_remembered(kind: type[Claim | Asser
     machine = new_machine()
     key = tcp_key()
     machine.handle_message(kind(RIVAL, 1, key, score(key, RIVAL)), 0.1)
-    assert machine.pop_actions() == []
+    acknowledged = [(RIVAL, 1)] if kind is Claim else []
+    actions = machine.pop_actions()
+    assert [(message.claimer, message.claim_counter) for message in acknowledgements(actions)] == (
+        acknowledged
+    )
+    assert len(actions) == len(acknowledged)
     assert session_of(machine, key).owner == RIVAL
 
     assert machine.handle_client_packet(syn(key), "syn", 60, 0.101) is Verdict.DROP
@@ -927,9 +946,12 @@ def test_a_second_loss_late_in_a_resync_plan_starts_a_whole_new_plan() -> None:
     log = run_until(machine, 10.0)
     first_plan_end = 0.8 + SETTINGS.reorder_window + SETTINGS.resync_repeats[-1]
     assert first_plan_end > check_at  # one assertion of the first plan was left
-    assert [time for time in assertion_times(log, late) if time >= check_at] == [
-        check_at + offset for offset in SETTINGS.resync_repeats
-    ]
+    # `since` (won at 0.65, when RIVAL was last heard in order) is on the new
+    # plan too, one resync spacing ahead of `late`.
+    spacing = 1 / SETTINGS.resync_rate
+    assert [time for time in assertion_times(log, late) if time >= check_at] == pytest.approx(
+        [check_at + spacing + offset for offset in SETTINGS.resync_repeats]
+    )
 
 
 def test_counter_gap_filled_within_reorder_window_reasserts_nothing() -> None:
@@ -1050,6 +1072,7 @@ def test_leaving_member_says_so_and_peers_forget_it_at_once() -> None:
     key = tcp_key()
     a.handle_client_packet(syn(key), "syn", 60, 0.1)
     deliver(a.pop_actions(), b, 0.1)
+    assert [ack.claimer for ack in acknowledgements(b.pop_actions())] == [ME]
     a.handle_timer(0.1 + GUARD)
     deliver(a.pop_actions(), b, 0.1 + GUARD)
     assert session_of(b, key).owner == ME

@@ -2,6 +2,7 @@
 
     python -m tools.sim run --schedules 2000            # all faults, the project's rule
     python -m tools.sim run --schedules 2000 --policy first-seen
+    python -m tools.sim run --schedules 500 --faults slow_member --policy fixed-guard
     python -m tools.sim replay --seed 1234 [--trace]    # one schedule, its trace hash
     python -m tools.sim conflicts                       # conflicts per million vs loss
     python -m tools.sim shares                          # weights 1:2:4, no faults
@@ -26,6 +27,9 @@ from tools.sim.cluster import RunResult, run_schedule
 from tools.sim.scenario import FAULT_KINDS, draw_scenario, loss_scenario, shares_scenario
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
+# rendezvous: the project's rule; first-seen: the original clusterd rule;
+# fixed-guard: the project's rule before acknowledgements (tools/sim/fixed_guard.py).
+POLICIES = ("rendezvous", "first-seen", "fixed-guard")
 
 
 def schedule(arguments: tuple[int, str, tuple[str, ...], str]) -> RunResult:
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run many seeded schedules and check every invariant")
     run.add_argument("--schedules", type=int, default=2000)
     run.add_argument("--seed", type=int, default=1, help="first seed (schedule i uses seed + i)")
-    run.add_argument("--policy", choices=["rendezvous", "first-seen"], default="rendezvous")
+    run.add_argument("--policy", choices=POLICIES, default="rendezvous")
     run.add_argument(
         "--faults", default="all", help=f"all, none, or a list of: {','.join(FAULT_KINDS)}"
     )
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     replay = commands.add_parser("replay", help="run one schedule again; print its trace hash")
     replay.add_argument("--seed", type=int, required=True)
-    replay.add_argument("--policy", choices=["rendezvous", "first-seen"], default="rendezvous")
+    replay.add_argument("--policy", choices=POLICIES, default="rendezvous")
     replay.add_argument("--faults", default="all")
     replay.add_argument("--size", choices=["normal", "small"], default="normal")
     replay.add_argument("--trace", action="store_true", help="keep the event trace (slower)")

@@ -29,8 +29,9 @@ from protocols.claim_machine import (
 )
 from protocols.classifier import Classified, FrameKind
 from protocols.session_key import SessionKey
-from protocols.wire.claim import Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import Assertion, Claim, ClaimMessage
 from tools.sim.first_seen import FirstSeenMachine
+from tools.sim.fixed_guard import FixedGuardMachine
 from tools.sim.invariants import InvariantChecker, Violation
 from tools.sim.scenario import GIVE_UP_AFTER, Scenario
 
@@ -154,6 +155,7 @@ class SimulatedCluster:
             self.by_key[key] = session
         self.active_faults: dict[int, bool] = {}
         self.rates: dict[str, float] = {}
+        self.slow: dict[int, float] = {}  # member index: extra delay of its traffic
         self.messages_lost = 0
         self.checker = InvariantChecker(self)
 
@@ -213,7 +215,8 @@ class SimulatedCluster:
         listening = frozenset(member.listening)
         if self.policy == "first-seen":
             return FirstSeenMachine(member_id, self.now, listening=listening)
-        return ClaimMachine(
+        machine = FixedGuardMachine if self.policy == "fixed-guard" else ClaimMachine
+        return machine(
             member_id,
             self.settings,
             self.now,
@@ -276,8 +279,8 @@ class SimulatedCluster:
     # ---------------------------------------------------------------- network
 
     def broadcast(self, sender: SimMember, message: ClaimMessage) -> None:
-        key = None if isinstance(message, Hello) else message.session
-        if key is not None and isinstance(message, Claim | Assertion):
+        key = message.session if isinstance(message, Claim | Assertion) else None
+        if isinstance(message, Claim | Assertion):
             self.checker.message_sent(sender, message)
         rng = self.rng
         scenario = self.scenario
@@ -288,6 +291,14 @@ class SimulatedCluster:
                 self.lost(sender, member, key)
                 continue
             delay = min(scenario.delay_max, rng.expovariate(1.0 / scenario.delay_mean)) + 0.00002
+            if self.slow:
+                extra = self.slowness(sender.index) + self.slowness(member.index)
+                delay += extra
+                if extra and key is not None and not self.knows(member, sender):
+                    # Only members that know each other wait for each other's
+                    # acknowledgements; against a member not heard yet, the
+                    # guard is all there is, and this delay is past it.
+                    self.lost(sender, member, key)
             spikes = self.fault_rate("delay_spikes")
             if spikes and rng.random() < spikes:
                 delay += rng.uniform(0.005, 0.05)  # well past the guard window
@@ -315,9 +326,22 @@ class SimulatedCluster:
 
     def refresh_rates(self) -> None:
         self.rates = {}
+        self.slow = {}
         for index in self.active_faults:
             fault = self.scenario.faults[index]
             self.rates[fault.kind] = max(self.rates.get(fault.kind, 0.0), fault.rate)
+            if fault.kind == "slow_member":
+                for member in fault.members:
+                    self.slow[member] = max(self.slow.get(member, 0.0), fault.rate)
+
+    def knows(self, receiver: SimMember, sender: SimMember) -> bool:
+        assert receiver.machine is not None and sender.machine is not None
+        return receiver.machine.knows(sender.machine.member_id, self.now)
+
+    def slowness(self, index: int) -> float:
+        """A slow member (a starved CPU) reads and writes everything this much
+        late. Not a loss: the rule must stay safe without counting it as one."""
+        return self.slow.get(index, 0.0)
 
     def blocked(self, sender: int, receiver: int) -> bool:
         for index in self.active_faults:
@@ -400,6 +424,8 @@ class SimulatedCluster:
             if loss and rng.random() < loss:
                 continue
             delay = rng.uniform(0.00005, self.scenario.client_delay_max)
+            if self.slow:
+                delay += self.slowness(member.index)
             self.push(
                 self.now + delay,
                 DELIVER_PACKET,

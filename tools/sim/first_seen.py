@@ -82,6 +82,9 @@ class FirstSeenMachine:
         if listening is not UNCHANGED:
             self._listening = listening
 
+    def knows(self, member_id: int, now: float) -> bool:
+        return False  # it waits for nobody
+
     def owns(self, key: SessionKey) -> bool:
         return self._first_claimer.get(key) == self.member_id
 
