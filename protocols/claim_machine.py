@@ -17,11 +17,11 @@ The rule, in plain words:
    member that is draining, or whose service does not listen on the port,
    never claims.
 3. Every member acknowledges every claim it handles. A claimer decides once
-   every live member it knows has acknowledged its claim, and `guard` has
-   passed (for members it has not heard yet); or after `ack_timeout`, if some
-   never acknowledge (a lost message, a member that died). It then serves the session
-   if no claim with a higher (score, member id) and no ownership assertion
-   arrived; otherwise it drops the queued packets. The highest (score, member
+   every live member it knows has acknowledged its claim and `guard` has
+   passed (for members it has not heard yet), or after `ack_timeout` if some
+   never acknowledge (a lost message, a member that died). It then serves
+   the session if no claim with a higher (score, member id) and no ownership
+   assertion arrived; otherwise it drops the queued packets. The highest (score, member
    id) among the claims seen is the same on every member whatever the order
    they arrived in: there is no "first claim wins".
 
@@ -38,7 +38,7 @@ The rule, in plain words:
    few short delays. An owner answers a later claim for its session with an
    assertion (at most one per guard window). A claimer that hears an
    assertion yields.
-5. Two owners exist only when claims were lost. When an owner hears another's
+5. Two owners exist only after a timeout of 3. When an owner hears another's
    assertion, the lower (score, member id) yields and resets its half-open
    local connection. Members also re-assert their sessions to peers they hear
    again after a silence (a healed partition) and to new members, which is
