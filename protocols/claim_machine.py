@@ -199,17 +199,18 @@ class Peer:
     """Another member, as learned from its messages."""
 
     __slots__ = (
-        "acked_claim",
         "draining",
         "gap_since",
+        "heard_since",
         "in_order_at",
+        "known_from_counter",
         "last_counter",
         "last_heard",
         "loss_check_at",
         "member_id",
         "missing",
+        "parked_acknowledgements",
         "trust_after",
-        "unconfirmed_ack",
         "warming",
         "weight",
     )
@@ -223,17 +224,19 @@ class Peer:
         # Loss detection: every message carries the sender's counter, +1 each.
         self.last_counter = counter
         self.in_order_at = now  # when every counter so far had arrived
-        self.missing: set[int] = set()
+        self.missing: dict[int, float] = {}  # counter: when its absence was noticed
         self.gap_since = now
         self.loss_check_at: float | None = None
-        # Acknowledgements: this member's claims up to `acked_claim` are
-        # acknowledged; one that arrived while the peer's counter had a gap
-        # waits in `unconfirmed_ack` until the gap fills. None is trusted
-        # from a message numbered `trust_after` or lower: some before them
-        # were lost.
-        self.acked_claim = 0
-        self.unconfirmed_ack = 0
+        # Acknowledgements of our claims (by claim counter) that arrived while
+        # the peer's counter had a gap wait in `parked_acknowledgements` until
+        # it fills. None is trusted from a message numbered `trust_after` or
+        # lower (some before them were lost), nor within reorder_window of
+        # `heard_since` (messages it sent before we knew it may be in flight).
+        # Our claims from before `known_from_counter` never reached it.
+        self.parked_acknowledgements: list[int] = []
         self.trust_after = counter
+        self.heard_since = now
+        self.known_from_counter = 0
 
 
 @dataclass(slots=True)
@@ -400,13 +403,17 @@ class ClaimMachine:
             self._assertion(message, now)
         elif message.claimer == self.member_id and peer is not None:
             self.counters.acknowledgements_received += 1
-            if message.counter > peer.trust_after:
-                peer.unconfirmed_ack = max(peer.unconfirmed_ack, message.claim_counter)
-        if peer is not None and peer.unconfirmed_ack and not peer.missing:
-            # Every message the peer sent before its acknowledgement is here.
-            peer.acked_claim = max(peer.acked_claim, peer.unconfirmed_ack)
-            peer.unconfirmed_ack = 0
-            self._decide_acknowledged(now)
+            if (
+                message.counter > peer.trust_after
+                and now >= peer.heard_since + self.settings.reorder_window
+                and len(peer.parked_acknowledgements) < MAX_MISSING
+            ):
+                peer.parked_acknowledgements.append(message.claim_counter)
+        if peer is not None and peer.parked_acknowledgements and not peer.missing:
+            # Every message the peer sent before its acknowledgements is here.
+            for claim_counter in peer.parked_acknowledgements:
+                self._acknowledged(peer.member_id, claim_counter, now)
+            peer.parked_acknowledgements.clear()
 
     def handle_timer(self, now: float, *, sessions: bool = True) -> None:
         """Run everything that is due at `now`.
@@ -420,7 +427,7 @@ class ClaimMachine:
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
-            self._decide_acknowledged(now)  # nobody waits for a member now gone
+            self._recheck_claims(now)  # nobody waits for a member now gone
         if self._loss_check_at is not None and now >= self._loss_check_at:
             self._loss_check_at = None
             for peer in list(self._peers.values()):
@@ -780,14 +787,14 @@ class ClaimMachine:
         if hello.leaving:
             if peer is not None:
                 self._forget_peer(peer)
-                self._decide_acknowledged(now)
+                self._recheck_claims(now)
             return
         if peer is None:
             if len(self._peers) >= self.settings.max_members:
                 oldest = min(self._peers.values(), key=lambda candidate: candidate.last_heard)
                 self._forget_peer(oldest)
             peer = self._peers[hello.member_id] = Peer(hello.member_id, hello.counter, now)
-            peer.acked_claim = self._counter  # claims sent before it was heard never reached it
+            peer.known_from_counter = self._counter + 1
             last_heard = self._departed.pop(hello.member_id, None)
             if last_heard is not None:
                 # A member we had given up on (a partition): everything it
@@ -941,48 +948,56 @@ class ClaimMachine:
         self._table.schedule(session, session.decide_at)
         self.counters.claims_sent += 1
         session.claim_counter = counter = self._next_counter()
+        session.acknowledged_by = set()
         self._awaiting[counter] = session.key
         self._send(Claim(self.member_id, counter, session.key, session.my_score))
-        self._decide_acknowledged(now)  # at once when there is nobody to ask
+        self._check_acknowledged(session, now)  # at guard when there is nobody to ask
 
-    def _decide_acknowledged(self, now: float) -> None:
-        """Decide the claims every live member has acknowledged, oldest first;
-        one made less than `guard` ago is decided when `guard` has passed."""
-        awaiting = self._awaiting
-        if not awaiting:
-            return
-        through = min(
-            (peer.acked_claim for peer in self._peers.values() if self._alive(peer, now)),
-            default=self._counter,
+    def _acknowledged(self, member_id: int, claim_counter: int, now: float) -> None:
+        key = self._awaiting.get(claim_counter)
+        session = None if key is None else self._table.get(key)
+        if session is not None and session.state is PENDING:
+            assert session.claim_counter == claim_counter  # _lose and _remove forget the others
+            session.acknowledged_by.add(member_id)
+            self._check_acknowledged(session, now)
+
+    def _unacknowledged(self, session: Session, now: float) -> bool:
+        """Some live member that knew us when we claimed has not acknowledged."""
+        return any(
+            peer.known_from_counter <= session.claim_counter
+            and peer.member_id not in session.acknowledged_by
+            and self._alive(peer, now)
+            for peer in self._peers.values()
         )
-        table = self._table
-        while awaiting:
-            counter = next(iter(awaiting))
-            if counter > through:
-                return
-            session = table.get(awaiting.pop(counter))
+
+    def _check_acknowledged(self, session: Session, now: float) -> None:
+        """Once every live member acknowledged the claim, decide it at `guard`
+        after it was sent (or now, if later), on a timer: the shell runs timers
+        only with the TAP drained, so the decision sees every claim at hand."""
+        if self._unacknowledged(session, now):
+            return
+        due = max(session.claimed_at + self.settings.guard, now)
+        if session.decide_at is not None and due < session.decide_at:
+            session.decide_at = due
+            self._table.schedule(session, due)
+
+    def _recheck_claims(self, now: float) -> None:
+        """A member is gone: claims waiting only for it may be decided."""
+        for key in list(self._awaiting.values()):
+            session = self._table.get(key)
             if session is not None and session.state is PENDING:
-                assert session.claim_counter == counter  # _lose and _remove forget the others
-                earliest = session.claimed_at + self.settings.guard
-                if now >= earliest:
-                    self._decide(session, now)
-                else:
-                    session.decide_at = earliest
-                    table.schedule(session, earliest)
+                self._check_acknowledged(session, now)
 
     def _time_out(self, session: Session, now: float) -> None:
-        """The claim's decision time: `guard` after an acknowledged claim, or
-        `ack_timeout` after one some live member never acknowledged.
+        """The claim's decision time: `guard` after it was sent once every live
+        member acknowledged it, or else `ack_timeout`.
 
         A member that died a moment ago counts as live until member_timeout,
         so claims pay the whole ack_timeout until then (skipping a silent member
         instead would let two members that each lost track of the other both
         win at once).
         """
-        if any(
-            peer.acked_claim < session.claim_counter and self._alive(peer, now)
-            for peer in self._peers.values()
-        ):
+        if self._unacknowledged(session, now):
             self.counters.decided_on_timeout += 1
         self._decide(session, now)
 
@@ -1104,16 +1119,17 @@ class ClaimMachine:
                     peer.gap_since = peer.in_order_at
                 if len(peer.missing) + counter - last - 1 > MAX_MISSING:
                     peer.missing.clear()
+                    peer.parked_acknowledgements.clear()
                     peer.trust_after = counter
                     self._messages_lost(peer, now)
                 else:
-                    peer.missing.update(range(last + 1, counter))
+                    peer.missing.update(dict.fromkeys(range(last + 1, counter), now))
                     if peer.loss_check_at is None:
                         peer.loss_check_at = now + self.settings.reorder_window
                         self._note_loss_check(peer.loss_check_at)
             peer.last_counter = counter
         else:
-            peer.missing.discard(counter)
+            peer.missing.pop(counter, None)
         if not peer.missing:
             peer.in_order_at = now
             peer.loss_check_at = None
@@ -1124,13 +1140,21 @@ class ClaimMachine:
 
     def _check_loss(self, peer: Peer, now: float) -> None:
         peer.loss_check_at = None
-        if peer.missing:
-            peer.missing.clear()
-            # A lost message may have been its claim: its acknowledgements
-            # so far prove nothing, and our claims wait for `ack_timeout`.
-            peer.unconfirmed_ack = 0
-            peer.trust_after = peer.last_counter
-            self._messages_lost(peer, now)
+        if not peer.missing:
+            return
+        # Each gap gets its whole reorder window, even one that opened while
+        # an older gap (since filled) was being waited for.
+        due = min(peer.missing.values()) + self.settings.reorder_window
+        if now < due:
+            peer.loss_check_at = due
+            self._note_loss_check(due)
+            return
+        peer.missing.clear()
+        # A lost message may have been its claim: its acknowledgements so far
+        # prove nothing, and our claims wait for `ack_timeout`.
+        peer.parked_acknowledgements.clear()
+        peer.trust_after = peer.last_counter
+        self._messages_lost(peer, now)
 
     def _messages_lost(self, peer: Peer, now: float) -> None:
         """Some of `peer`'s messages are lost: perhaps a claim for a session we

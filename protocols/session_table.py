@@ -44,6 +44,7 @@ class Session:
     """One session as this member sees it."""
 
     __slots__ = (
+        "acknowledged_by",
         "answered_at",
         "claim_at",
         "claim_counter",
@@ -90,6 +91,7 @@ class Session:
         self.claim_sent = False
         self.claim_counter = 0  # the counter of this member's claim message
         self.claimed_at = 0.0
+        self.acknowledged_by: set[int] = set()  # members that acknowledged this claim
         self.claim_at: float | None = None
         self.decide_at: float | None = None
         self.won_at: float | None = None

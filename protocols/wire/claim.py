@@ -1,6 +1,6 @@
 """The claim protocol's messages: IP protocol 150 packets sent to the cluster address.
 
-Every message starts with a version byte (this is version 1) and a type byte,
+Every message starts with a version byte (this is version 2) and a type byte,
 then flags, the sender's member id and the sender's message counter, which
 increases by one with every message a member sends. Then a body by type:
 
@@ -51,7 +51,7 @@ from protocols.errors import (
 )
 from protocols.session_key import SessionKey
 
-CLAIM_VERSION = 1
+CLAIM_VERSION = 2  # 2: acknowledgements (a version-1 member never sends them)
 TAG_LENGTH = 16
 
 
@@ -261,7 +261,9 @@ def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
             f"version {CLAIM_VERSION}); upgrade every member to the same release"
         )
     if data[1] not in _KNOWN_TYPES:
-        raise UnknownMessageType(f"claim message type {data[1]} is unknown in version 1")
+        raise UnknownMessageType(
+            f"claim message type {data[1]} is unknown in version {CLAIM_VERSION}"
+        )
     if len(data) < HEADER_LENGTH:
         raise MalformedPacket(f"claim message of {len(data)} bytes is too short")
     _, message_type, flags, member_id, counter = _HEADER.unpack_from(data)

@@ -896,7 +896,7 @@ def test_client_rst_aborts_a_pending_claim() -> None:
 
 def reassertion_setup() -> tuple[ClaimMachine, SessionKey, SessionKey]:
     """Won `before` alone; learned PEER from its first hello (counter 1) at 0.5;
-    won `since` at 0.6."""
+    claimed `since` at 0.55 and won it at 0.65 (PEER never acknowledges)."""
     machine = new_machine(now=0.0)
     before = key_where(ranked_first(ME, PEER))
     since = key_where(lambda key: key != before and ranked_first(ME, PEER)(key))
@@ -911,7 +911,7 @@ def reassertion_setup() -> tuple[ClaimMachine, SessionKey, SessionKey]:
     assert machine.next_wakeup() == 0.5
     assert assertion_times(run_until(machine, 0.5), before) == [0.5]
 
-    win_alone(machine, since, 0.6)
+    assert win_alone(machine, since, 0.55) == 0.55 + SETTINGS.ack_timeout
     run_until(machine, 0.69)  # its assertion repeats are done
     return machine, before, since
 

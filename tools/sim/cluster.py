@@ -291,13 +291,16 @@ class SimulatedCluster:
                 self.lost(sender, member, key)
                 continue
             delay = min(scenario.delay_max, rng.expovariate(1.0 / scenario.delay_mean)) + 0.00002
-            if self.slow:
-                extra = self.slowness(sender.index) + self.slowness(member.index)
+            extra = self.slowness(sender.index) + self.slowness(member.index) if self.slow else 0.0
+            reordering = self.fault_rate("reordering")
+            if reordering:
+                extra += rng.uniform(0.0, reordering)
+            if extra:
                 delay += extra
-                if extra and key is not None and not self.knows(member, sender):
+                if key is not None and not self.knows(member, sender):
                     # Only members that know each other wait for each other's
                     # acknowledgements; against a member not heard yet, the
-                    # guard is all there is, and this delay is past it.
+                    # guard is all there is, and this delay may pass it.
                     self.lost(sender, member, key)
             spikes = self.fault_rate("delay_spikes")
             if spikes and rng.random() < spikes:

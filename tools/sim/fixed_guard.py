@@ -10,15 +10,13 @@ where the current one holds.
 from __future__ import annotations
 
 from protocols.claim_machine import ClaimMachine
-from protocols.session_table import PENDING
+from protocols.session_table import Session
 
 
 class FixedGuardMachine(ClaimMachine):
-    def _decide_acknowledged(self, now: float) -> None:
+    def _check_acknowledged(self, session: Session, now: float) -> None:
         # Whatever was acknowledged, each claim waits for its guard, no longer.
-        awaiting = self._awaiting
-        while awaiting:
-            session = self._table.get(awaiting.pop(next(iter(awaiting))))
-            if session is not None and session.state is PENDING:
-                session.decide_at = session.claimed_at + self.settings.guard
-                self._table.schedule(session, session.decide_at)
+        due = session.claimed_at + self.settings.guard
+        if session.decide_at is not None and due < session.decide_at:
+            session.decide_at = due
+            self._table.schedule(session, due)

@@ -29,6 +29,7 @@ FAULT_KINDS = (
     "duplication",
     "delay_spikes",
     "slow_member",
+    "reordering",
     "partition",
     "one_way_partition",
     "crash_restart",
@@ -136,6 +137,11 @@ def _draw_fault(
         return [Fault(kind, start, end, rate=rng.choice([0.01, 0.05, 0.2]))]
     if kind == "delay_spikes":
         return [Fault(kind, start, end, rate=rng.choice([0.01, 0.05]))]
+    if kind == "reordering":
+        # Every message up to 3 or 8 ms late, drawn per message and receiver:
+        # one sender's messages overtake each other, within the reorder
+        # window, so none counts as lost.
+        return [Fault(kind, start, end, rate=rng.choice([0.003, 0.008]))]
     if kind == "slow_member":
         # Its traffic is late by 5 to 45 ms each way, far past the 2 ms guard,
         # and that is not counted as a loss: round trips stay within the
