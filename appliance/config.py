@@ -193,7 +193,8 @@ KEYS: tuple[Key, ...] = (
         PROTOCOL.ack_timeout * 1000,
         _number(0.1, 10000.0),
         "Longest wait for every live member to acknowledge a claim (decided sooner once all "
-        "have); more than the worst round trip to a busy member. At least guard_ms.",
+        "have); more than the worst round trip to a busy member. At least guard_ms. (A "
+        "message more than 10 ms out of order counts as lost whatever this is.)",
     ),
     Key(
         "claim_step_ms",
