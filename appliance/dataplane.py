@@ -3,13 +3,12 @@
 One trio task. Each time the TAP is readable (or the machine's timer is
 due) it drains the TAP in a batch, without awaiting between frames, then runs
 the machine's timers, then carries out what the machine asked for. Draining
-before the timers matters: a claim decided on a timer (its guard, or its
-acknowledgement timeout) is decided only when the TAP's queue is empty, so
-the decision has seen every rival claim that reached this host. Under a
-flood the queue may not empty within a batch; those decisions then wait for
-a later batch (hellos do not), which costs latency, never safety. A claim
-decided on its last acknowledgement needs no such care: the acknowledgement
-itself proves that its sender's earlier messages are here.
+before the timers matters: every claim is decided on a timer (set by its last
+acknowledgement, or by its guard or acknowledgement timeout), so it is
+decided only when the TAP's queue is empty, having seen every rival claim
+that reached this host. Under a flood the queue may not empty within a
+batch; decisions then wait for a later batch (hellos do not), which costs
+latency, never safety.
 """
 
 from __future__ import annotations

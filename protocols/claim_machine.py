@@ -232,7 +232,8 @@ class Peer:
         # it fills. None is trusted from a message numbered `trust_after` or
         # lower (some before them were lost), nor within reorder_window of
         # `heard_since` (messages it sent before we knew it may be in flight).
-        # Our claims from before `known_from_counter` never reached it.
+        # Our claims from before `known_from_counter` went out before we knew
+        # it: they do not wait for it.
         self.parked_acknowledgements: list[int] = []
         self.trust_after = counter
         self.heard_since = now
@@ -730,8 +731,19 @@ class ClaimMachine:
         same_session: bool,
     ) -> Verdict:
         """Forget `session` and decide afresh: a new connection on a reused port,
-        or (`same_session`) the same one again, since no claim for it held."""
+        or (`same_session`) the same one again, since no claim for it held.
+
+        A rival's claim heard lately for this key was acknowledged: a claim of
+        ours now would follow that acknowledgement, which rule 3 forbids, so
+        this member stays silent, as if the claim had come before the packet.
+        """
+        rival = session.rival_claim
         self._remove(session)
+        if rival is not None and now - rival[2] < self.settings.reclaim_after:
+            self.counters.sessions_started += not same_session
+            self._learn_session(session.key, rival[0], rival[1], False, now)
+            self.drops["foreign"] += 1
+            return DROP
         return self._new_session(session.key, record, packet, size, now, counted=not same_session)
 
     def _close(self, session: Session, now: float) -> None:
@@ -828,6 +840,9 @@ class ClaimMachine:
             # packet): remember it, so that we never claim this session.
             self._learn_session(claim.session, claim.member_id, claim.score, False, now)
             return
+        if session.state is not PENDING:
+            # Most likely a new connection on a reused port (see _start_again).
+            session.rival_claim = (claim.member_id, claim.score, now)
         if session.mine:
             self._answer(session, now)
             return
@@ -1121,6 +1136,7 @@ class ClaimMachine:
                     peer.missing.clear()
                     peer.parked_acknowledgements.clear()
                     peer.trust_after = counter
+                    peer.heard_since = now  # the skipped messages may still be in flight
                     self._messages_lost(peer, now)
                 else:
                     peer.missing.update(dict.fromkeys(range(last + 1, counter), now))

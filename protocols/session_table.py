@@ -66,6 +66,7 @@ class Session:
         "repeat_base",
         "repeat_index",
         "repeat_plan",
+        "rival_claim",
         "started",
         "state",
         "syn_sequence",
@@ -92,6 +93,9 @@ class Session:
         self.claim_counter = 0  # the counter of this member's claim message
         self.claimed_at = 0.0
         self.acknowledged_by: set[int] = set()  # members that acknowledged this claim
+        # The last claim heard for this key once it was decided (member id,
+        # score, when): a claim for a new connection on a reused port.
+        self.rival_claim: tuple[int, float, float] | None = None
         self.claim_at: float | None = None
         self.decide_at: float | None = None
         self.won_at: float | None = None

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from protocols.claim_machine import ClaimMachine, ClaimSettings, InjectPackets, Verdict
 from protocols.session_key import SessionKey
-from protocols.session_table import PENDING
-from protocols.wire.claim import Acknowledgement, Claim, ClaimMessage
+from protocols.session_table import CLOSING, PENDING
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage
 from tests.unit.test_claim_machine import (
+    ACK,
+    FIN,
     ME,
     PEER,
     RIVAL,
@@ -25,9 +27,12 @@ from tests.unit.test_claim_machine import (
     new_machine,
     ranked_first,
     run_until,
+    score,
     session_of,
     syn,
+    tcp,
     tcp_key,
+    untimed,
 )
 
 AWAKE = SETTINGS.join_grace + 0.7  # past the warm-up (it plays no part), between hellos
@@ -180,6 +185,39 @@ def test_a_member_just_heard_is_not_trusted_until_its_earlier_messages_could_arr
     machine.handle_message(Claim(PEER, 4, key, 1e9), AWAKE + 0.004)  # the claim it overtook
     machine.handle_timer(AWAKE + ACK_TIMEOUT)
     assert not machine.owns(key)
+    assert session_of(machine, key).owner == PEER
+
+
+def test_after_a_large_gap_acknowledgements_wait_for_the_skipped_messages() -> None:
+    """The skipped messages (its claim among them) may still be in flight."""
+    machine = machine_with_peers(PEER)
+    key, claim = claim_first(machine, PEER)
+    machine.handle_message(hello(PEER, 100), AWAKE + 0.0002)  # 2 to 99 skipped: a loss
+    machine.handle_message(Acknowledgement(PEER, 101, ME, claim.counter), AWAKE + 0.0005)
+    machine.handle_timer(AWAKE + GUARD)
+    assert not machine.owns(key)
+    machine.handle_message(Claim(PEER, 50, key, 1e9), AWAKE + 0.0035)  # one of them
+    machine.handle_timer(AWAKE + ACK_TIMEOUT)
+    assert not machine.owns(key)
+    assert session_of(machine, key).owner == PEER
+
+
+def test_a_claim_acknowledged_before_a_reused_port_is_seen_keeps_this_member_silent() -> None:
+    """A rival's claim for a new connection arrives while this member still holds
+    the old one on the same port, and is acknowledged: claiming the new SYN
+    afterwards would break rule 3 (found by the second review)."""
+    machine = machine_with_peers(PEER)
+    key = key_where(ranked_first(PEER, ME))
+    machine.handle_message(Assertion(PEER, 2, key, score(key, PEER)), AWAKE)  # the old connection
+    machine.handle_client_packet(tcp(key, FIN | ACK), "fin", 54, AWAKE + 0.1)
+    assert session_of(machine, key).state is CLOSING
+    machine.pop_actions()
+
+    machine.handle_message(Claim(PEER, 3, key, score(key, PEER)), AWAKE + 1.0)
+    assert [type(message) for message in messages(machine.pop_actions())] == [Acknowledgement]
+    assert machine.handle_client_packet(syn(key, 7000), "new", 60, AWAKE + 1.0005) is Verdict.DROP
+    log = untimed(run_until(machine, AWAKE + 1.4))
+    assert claims(log) == [] and injected(log) == []
     assert session_of(machine, key).owner == PEER
 
 
