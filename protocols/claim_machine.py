@@ -16,24 +16,29 @@ The rule, in plain words:
    r * claim_step, as a backup, and only if it has heard no claim yet. A
    member that is draining, or whose service does not listen on the port,
    never claims.
-3. Every member acknowledges every claim it handles. A claimer decides once
-   every live member it knows has acknowledged its claim and `guard` has
-   passed (for members it has not heard yet), or after `ack_timeout` if some
-   never acknowledge (a lost message, a member that died). It then serves
-   the session if no claim with a higher (score, member id) and no ownership
-   assertion arrived; otherwise it drops the queued packets. The highest (score, member
-   id) among the claims seen is the same on every member whatever the order
-   they arrived in: there is no "first claim wins".
+3. Every member acknowledges every claim it handles, each claim on its own.
+   A claimer decides once every live member it knows has acknowledged that
+   claim and `guard` has passed (for members it has not heard yet), or
+   after `ack_timeout` if some never acknowledge (a lost message, a member
+   that died); always on a timer, which the shell runs with its TAP drained.
+   It then serves the session if no claim with a higher (score, member id)
+   and no ownership assertion arrived; otherwise it drops the queued
+   packets. The highest (score, member id) among the claims seen is the same
+   on every member whatever the order they arrived in: there is no "first
+   claim wins".
 
    The acknowledgement is what makes this safe under any delay. A member
    sends its own claim or assertion for a session before it acknowledges a
-   rival's claim for it, and an acknowledgement counts only once every
-   earlier message of its sender has arrived (counters have no gap). So two
-   claimers that each hold the other's acknowledgement have each seen the
-   other's claim, and agree on the higher one. Only a timeout can let two
-   members win: a lost message, a member silent for longer than
-   `ack_timeout`, or a member not yet known whose claim takes longer than
-   `guard`. The loser yields as in 5.
+   rival's claim for it, and never claims a session after acknowledging a
+   rival's claim for it (not even on a reused port, see `_start_again`). An
+   acknowledgement counts only once every earlier message of its sender has
+   arrived: no counter gap, none declared lost, and not within
+   `reorder_window` of first hearing the sender. So two claimers that each
+   hold the other's acknowledgement have each seen the other's claim, and
+   agree on the higher one. Only a timeout can let two members win: a lost
+   message (or one later than `reorder_window`), a member silent for longer
+   than `ack_timeout`, or a member not yet known whose claim takes longer
+   than `guard`. The loser yields as in 5.
 4. The winner injects the queued packets and asserts ownership, again after a
    few short delays. An owner answers a later claim for its session with an
    assertion (at most one per guard window). A claimer that hears an
@@ -963,7 +968,7 @@ class ClaimMachine:
         self._table.schedule(session, session.decide_at)
         self.counters.claims_sent += 1
         session.claim_counter = counter = self._next_counter()
-        session.acknowledged_by = set()
+        session.acknowledged_by = None
         self._awaiting[counter] = session.key
         self._send(Claim(self.member_id, counter, session.key, session.my_score))
         self._check_acknowledged(session, now)  # at guard when there is nobody to ask
@@ -973,14 +978,18 @@ class ClaimMachine:
         session = None if key is None else self._table.get(key)
         if session is not None and session.state is PENDING:
             assert session.claim_counter == claim_counter  # _lose and _remove forget the others
-            session.acknowledged_by.add(member_id)
+            if session.acknowledged_by is None:
+                session.acknowledged_by = {member_id}
+            else:
+                session.acknowledged_by.add(member_id)
             self._check_acknowledged(session, now)
 
     def _unacknowledged(self, session: Session, now: float) -> bool:
         """Some live member that knew us when we claimed has not acknowledged."""
+        acknowledged_by = session.acknowledged_by or ()
         return any(
             peer.known_from_counter <= session.claim_counter
-            and peer.member_id not in session.acknowledged_by
+            and peer.member_id not in acknowledged_by
             and self._alive(peer, now)
             for peer in self._peers.values()
         )
@@ -1018,6 +1027,7 @@ class ClaimMachine:
 
     def _decide(self, session: Session, now: float) -> None:
         self._awaiting.pop(session.claim_counter, None)
+        session.acknowledged_by = None
         rival = (session.owner_score, session.owner)
         if session.owner != NO_MEMBER and rival > (session.my_score, self.member_id):
             self._lose(session, now)
@@ -1068,6 +1078,7 @@ class ClaimMachine:
         if session.claim_sent:
             self.counters.claims_lost += 1
             self._awaiting.pop(session.claim_counter, None)
+            session.acknowledged_by = None
         self._discard_queue(session, "lost_claim")
         session.claim_at = session.decide_at = None
         self._table.set_state(session, FOREIGN)

@@ -92,7 +92,7 @@ class Session:
         self.claim_sent = False
         self.claim_counter = 0  # the counter of this member's claim message
         self.claimed_at = 0.0
-        self.acknowledged_by: set[int] = set()  # members that acknowledged this claim
+        self.acknowledged_by: set[int] | None = None  # who acknowledged our pending claim
         # The last claim heard for this key once it was decided (member id,
         # score, when): a claim for a new connection on a reused port.
         self.rival_claim: tuple[int, float, float] | None = None
