@@ -998,9 +998,11 @@ class ClaimMachine:
         """Once every live member acknowledged the claim, decide it at `guard`
         after it was sent (or now, if later), on a timer: the shell runs timers
         only with the TAP drained, so the decision sees every claim at hand."""
-        if self._unacknowledged(session, now):
-            return
-        due = max(session.claimed_at + self.settings.guard, now)
+        if not self._unacknowledged(session, now):
+            self._decide_earlier(session, max(session.claimed_at + self.settings.guard, now))
+
+    def _decide_earlier(self, session: Session, due: float) -> None:
+        """Move the claim's decision to `due`, if that is sooner."""
         if session.decide_at is not None and due < session.decide_at:
             session.decide_at = due
             self._table.schedule(session, due)

@@ -62,6 +62,9 @@ class MessageType(IntEnum):
     ACKNOWLEDGEMENT = 4
 
 
+_KNOWN_TYPES = frozenset(MessageType)
+
+
 class MessageFlags(IntFlag):
     AUTHENTICATED = 0x01
     DRAINING = 0x02  # hello: the sender serves what it has but claims nothing new
@@ -105,7 +108,7 @@ CLAIM_MESSAGE = Struct(
             MessageType.ACKNOWLEDGEMENT: ACKNOWLEDGEMENT_BODY,
         },
     ),
-    Check(lambda ctx: ctx.message_type in (1, 2, 3, 4)),
+    Check(lambda ctx: ctx.message_type in _KNOWN_TYPES),
     "tag" / If(lambda ctx: ctx.flags & MessageFlags.AUTHENTICATED, Bytes(TAG_LENGTH)),
     Terminated,
 )
@@ -186,7 +189,6 @@ _HELLO = struct.Struct("!d")
 _ACKNOWLEDGEMENT = struct.Struct("!QQ")
 HEADER_LENGTH = _HEADER.size
 _MAX_U64 = 2**64 - 1
-_KNOWN_TYPES = frozenset(MessageType)
 
 
 def _check_number(name: str, value: float) -> None:

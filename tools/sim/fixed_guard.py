@@ -16,7 +16,4 @@ from protocols.session_table import Session
 class FixedGuardMachine(ClaimMachine):
     def _check_acknowledged(self, session: Session, now: float) -> None:
         # Whatever was acknowledged, each claim waits for its guard, no longer.
-        due = session.claimed_at + self.settings.guard
-        if session.decide_at is not None and due < session.decide_at:
-            session.decide_at = due
-            self._table.schedule(session, due)
+        self._decide_earlier(session, session.claimed_at + self.settings.guard)
