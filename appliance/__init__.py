@@ -1,4 +1,8 @@
-"""The appliance's I/O shell: devices, netlink, trio tasks, control and CLI.
+"""The appliance's I/O shell: what a production host runs.
+
+The top level holds the entry points (`cli`, `daemon`) and the configuration;
+`dataplane/` reads the segment, `host/` adapts to the operating system, and
+`operations/` is what an operator talks to (control socket, metrics, logs).
 
 Everything that touches the operating system lives here; the decisions are
 made by the pure core in `protocols/`.

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole thing on one machine, in network namespaces",
         description="Build a namespaced segment, run nginx, dnsmasq and the appliance in each "
         "member, drive HTTP and DNS clients, kill one member part-way, and print a summary. "
-        "Needs root. Exits 0 only if no request was lost.",
+        "Needs root and the lab (pip install ./lab, from a clone). Exits 0 only if no request "
+        "was lost.",
     )
     demo.add_argument("--members", type=int, default=3, help="members (default 3)")
     demo.add_argument(
@@ -135,19 +136,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 def dispatch(arguments: argparse.Namespace) -> int:
     command = arguments.command
     if command == "bridge":
-        from appliance.netlink import bridge_interface
+        from appliance.host.netlink import bridge_interface
 
         print(bridge_interface(arguments.interface, arguments.bridge))
         return 0
     if command == "unbridge":
-        from appliance.netlink import unbridge_interface
+        from appliance.host.netlink import unbridge_interface
 
         print(unbridge_interface(arguments.interface, arguments.bridge))
         return 0
     if command == "run":
         return run_daemon(arguments)
     if command in ("status", "sessions"):
-        from appliance.control import control_request
+        from appliance.operations.control import control_request
 
         request: dict[str, Any] = {"command": command}
         if command == "sessions":
@@ -161,7 +162,13 @@ def dispatch(arguments: argparse.Namespace) -> int:
     if command in ("drain", "undrain"):
         return drain(arguments)
     if command == "demo":
-        from appliance.demo import run_demo
+        try:
+            from lab.demo import run_demo
+        except ImportError as error:  # the lab is not installed beside the product
+            raise UserError(
+                f"the demo needs the lab ({error.name} is missing): install it from a clone "
+                "with 'pip install ./lab', or run tools/demo there"
+            ) from None
 
         # SIGTERM tears the lab down as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -189,7 +196,7 @@ def run_daemon(arguments: argparse.Namespace) -> int:
 
     from appliance.config import load_config
     from appliance.daemon import Daemon
-    from appliance.logs import setup_logging
+    from appliance.operations.logs import setup_logging
 
     config = load_config(
         arguments.config,
@@ -220,7 +227,7 @@ def first_exception(group: BaseExceptionGroup[UserError]) -> UserError:
 
 
 def drain(arguments: argparse.Namespace) -> int:
-    from appliance.control import control_request
+    from appliance.operations.control import control_request
 
     response = control_request(arguments.control_socket, {"command": arguments.command})
     if arguments.command == "undrain":

@@ -21,14 +21,12 @@ from typing import Any
 import trio
 
 from appliance.config import Config
-from appliance.control import ControlServer
-from appliance.dataplane import DataPlane
-from appliance.devices import TapDevice, TunDevice
+from appliance.dataplane.frames import FrameBuilder
+from appliance.dataplane.loop import DataPlane
 from appliance.errors import UserError
-from appliance.frames import FrameBuilder
-from appliance.listening import listening_ports
-from appliance.metrics import MetricsServer
-from appliance.netlink import (
+from appliance.host.devices import TapDevice, TunDevice
+from appliance.host.listening import listening_ports
+from appliance.host.netlink import (
     address_in_use,
     attach_tap,
     bridge_facts,
@@ -36,7 +34,9 @@ from appliance.netlink import (
     configure_tun,
     write_sysctl,
 )
-from appliance.notify import Notifier
+from appliance.host.notify import Notifier
+from appliance.operations.control import ControlServer
+from appliance.operations.metrics import MetricsServer
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import ClaimMachine
 from protocols.classifier import Classifier

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import Lab, Node, lab
-from appliance.services import start_member
+from lab.members import start_member
+from lab.namespaces import Lab, Node, build_lab
 
 FIGURES = Path(__file__).parent / "figures" / "lab.json"
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=500, help="connects for the latency figure")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     arguments = parser.parse_args()
-    with lab(members=0, clients=1) as segment:
+    with build_lab(members=0, clients=1) as segment:
         serving = start_member(segment, dns=False)
         others = [
             start_member(segment, "--weight", "0", dns=False) for _ in range(arguments.members - 1)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from appliance.lab import Lab, Node, lab
-from appliance.services import LabMember, start_member
+from lab.members import LabMember, start_member
+from lab.namespaces import Lab, Node, build_lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -157,7 +157,7 @@ def unique_paths(count: int, prefix: str = "req") -> list[str]:
 
 @pytest.fixture
 def lab_segment() -> Iterator[Lab]:
-    with lab(members=0, clients=1) as segment:
+    with build_lab(members=0, clients=1) as segment:
         yield segment
 
 

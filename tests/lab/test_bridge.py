@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from appliance.lab import Lab, Node, lab
-from appliance.services import appliance_command
+from lab.members import appliance_command
+from lab.namespaces import Lab, Node, build_lab
 
 
 @pytest.fixture
 def host() -> Iterator[tuple[Lab, Node]]:
     """A member with a static IPv4 and IPv6 address, a default route and an extra route."""
-    with lab(members=1, clients=1) as segment:
+    with build_lab(members=1, clients=1) as segment:
         node = segment.members[0]
         node.run(["ip", "addr", "add", "fd00:77::11/64", "dev", "eth0", "nodad"])
         node.run(["ip", "link", "set", "eth0", "mtu", "1400"])

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from appliance.lab import Lab
-from appliance.services import Appliance, appliance_command, bridge_member
+from lab.members import Appliance, appliance_command, bridge_member
+from lab.namespaces import Lab
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Claim, encode_message
 from tests.lab.conftest import Cluster, unique_paths

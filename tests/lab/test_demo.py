@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.lab import remove_stale_labs
+from lab.namespaces import remove_stale_labs
 
 
 def namespaces_of(pid: int) -> list[str]:
@@ -59,7 +59,7 @@ def test_ctrl_c_tears_the_demo_down(tmp_path: Path) -> None:
         assert namespaces_of(process.pid) == []
         # No daemon, load generator or server of the lab survives it.
         leftovers = subprocess.run(
-            ["pgrep", "-af", "appliance run --cluster-ip|appliance.loadgen|appliance-lab-"],
+            ["pgrep", "-af", "appliance run --cluster-ip|lab.loadgen|appliance-lab-"],
             capture_output=True,
             text=True,
             check=False,

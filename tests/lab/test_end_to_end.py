@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import Lab
+from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, client_neighbours, unique_paths
 
 DIG_QUERIES = 300

@@ -7,8 +7,8 @@ import json
 import re
 from collections import Counter
 
-from appliance.lab import Lab
-from appliance.services import appliance_command
+from lab.members import appliance_command
+from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, unique_paths
 
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from appliance.config import load_config
-from appliance.lab import Lab
-from appliance.services import MemberServices, appliance_command
+from lab.members import MemberServices, appliance_command
+from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, unique_paths
 
 UNIT = Path(__file__).parents[2] / "systemd" / "appliance.service"

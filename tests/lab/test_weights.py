@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.lab import Lab
+from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, unique_paths
 
 

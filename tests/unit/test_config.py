@@ -9,7 +9,7 @@ import pytest
 
 from appliance.config import load_config, reference_table
 from appliance.errors import ConfigError
-from appliance.listening import listening_ports
+from appliance.host.listening import listening_ports
 
 README = Path(__file__).parents[2] / "README.md"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.control import ControlServer
 from appliance.errors import UserError
+from appliance.operations.control import ControlServer
 
 
 def no_commands(request: dict[str, object]) -> dict[str, object]:

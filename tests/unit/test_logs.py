@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from appliance.logs import setup_logging
+from appliance.operations.logs import setup_logging
 
 
 def test_json_lines_carry_level_logger_and_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,7 @@
 import socket
 from pathlib import Path
 
-from appliance.notify import Notifier
+from appliance.host.notify import Notifier
 
 
 def receiver(path: Path) -> socket.socket:

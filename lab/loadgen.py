@@ -1,6 +1,6 @@
 """The demo's clients: HTTP and DNS at a steady rate, one JSON line per request.
 
-    python -m appliance.loadgen --cluster-ip 10.77.0.10 --duration 20
+    python -m lab.loadgen --cluster-ip 10.77.0.10 --duration 20
 
 Run inside the client namespace. Every HTTP request uses a new TCP connection
 and every DNS query a UDP source port not used before in the run, so each is a

@@ -206,7 +206,7 @@ def require_root() -> None:
 
 
 @contextlib.contextmanager
-def lab(members: int = 3, clients: int = 1) -> Iterator[Lab]:
+def build_lab(members: int = 3, clients: int = 1) -> Iterator[Lab]:
     """Build a lab; always remove it, whatever happens inside the block."""
     require_root()
     remove_stale_labs()

@@ -1,7 +1,7 @@
 """`appliance-ctl demo`: the whole appliance on one machine, in network namespaces.
 
 It builds a lab segment, starts nginx, dnsmasq and the appliance in every
-member, drives HTTP and DNS clients (appliance.loadgen, in the client
+member, drives HTTP and DNS clients (lab.loadgen, in the client
 namespace), shows a live view, kills one member's appliance part-way with
 SIGKILL, and prints a summary. It exits 0 only if every request was answered,
 at worst after one retry. The lab is removed on success, failure and Ctrl-C.
@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.errors import UserError
-from appliance.lab import Lab, lab, require_root
-from appliance.services import LabMember, start_member
+from lab.members import LabMember, start_member
+from lab.namespaces import Lab, build_lab, require_root
 
 KILL_AT = 0.4  # of the run
 STATUS_INTERVAL = 1.0
@@ -58,7 +58,7 @@ def run_demo(
     if kill and members < 2:
         raise UserError("killing a member needs at least 2 members (or use --no-kill)")
     console = Console()
-    with lab(members=0, clients=1) as segment:
+    with build_lab(members=0, clients=1) as segment:
         console.print(
             f"[bold]lab[/] {segment.name}: switch, {members} members, 1 client, "
             f"cluster IP {segment.cluster_ip}"
@@ -86,7 +86,7 @@ def drive(
         [
             sys.executable,
             "-m",
-            "appliance.loadgen",
+            "lab.loadgen",
             "--cluster-ip",
             str(segment.cluster_ip),
             "--duration",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import UserError
-from appliance.lab import Lab, Node
+from lab.namespaces import Lab, Node
 
 NGINX_CONFIG = """\
 worker_processes 1;

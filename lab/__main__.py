@@ -1,8 +1,8 @@
 """The namespaced lab from the command line (the tests use it as a pytest fixture).
 
-    sudo .venv/bin/python -m tools.lab up --members 3        # build, wait for Ctrl-C, remove
-    sudo .venv/bin/python -m tools.lab up --members 3 --serve  # ... with nginx, dnsmasq, appliance
-    sudo .venv/bin/python -m tools.lab clean                 # remove labs left by killed runs
+    sudo .venv/bin/python -m lab up --members 3        # build, wait for Ctrl-C, remove
+    sudo .venv/bin/python -m lab up --members 3 --serve  # ... with nginx, dnsmasq, appliance
+    sudo .venv/bin/python -m lab clean                 # remove labs left by killed runs
 
 While it is up, run commands inside a host with `ip netns exec NAMESPACE ...`;
 the namespaces are printed. Everything is removed on Ctrl-C or SIGTERM.
@@ -17,8 +17,8 @@ import threading
 from types import FrameType
 
 from appliance.errors import UserError
-from appliance.lab import lab, remove_stale_labs, require_root
-from appliance.services import start_member
+from lab.members import start_member
+from lab.namespaces import build_lab, remove_stale_labs, require_root
 
 
 def command_up(arguments: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def command_up(arguments: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    with lab(
+    with build_lab(
         members=0 if arguments.serve else arguments.members, clients=arguments.clients
     ) as built:
         if arguments.serve:
@@ -55,9 +55,7 @@ def command_clean(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.lab", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build a lab and keep it until Ctrl-C")
     up.add_argument("--members", type=int, default=3)

@@ -23,8 +23,8 @@ from typing import cast
 
 import trio
 
-from appliance.devices import READ_SIZE, TapDevice, TunDevice
-from appliance.frames import FrameBuilder
+from appliance.dataplane.frames import FrameBuilder
+from appliance.host.devices import READ_SIZE, TapDevice, TunDevice
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import (
     INJECT,
