@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 from protocols.claim_machine import ClaimSettings, SettingsError
+from protocols.numbers import DEFAULT_CLAIM_PROTOCOL
 
 # The protocol's defaults live in ClaimSettings; the keys repeat none of them.
 PROTOCOL = ClaimSettings()
@@ -145,7 +146,12 @@ KEYS: tuple[Key, ...] = (
         "unicast: a locally administered MAC that switches flood as unknown unicast. "
         "multicast: for switches that do not flood unknown unicast.",
     ),
-    Key("claim_protocol", 150, _integer(1, 254), "IP protocol number of claim packets."),
+    Key(
+        "claim_protocol",
+        DEFAULT_CLAIM_PROTOCOL,
+        _integer(1, 254),
+        "IP protocol number of claim packets.",
+    ),
     Key("tap_name", "apl-tap0", _interface, "The TAP device the appliance reads the segment from."),
     Key("tun_name", "apl-tun0", _interface, "The TUN device that carries the cluster IP."),
     Key(

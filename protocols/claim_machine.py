@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum, auto
 
 from protocols.classifier import Classified, FragmentKey, FrameKind
+from protocols.numbers import IpProtocol, TcpFlags
 from protocols.rendezvous import effective_weight, rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
 from protocols.session_table import (
@@ -71,8 +72,11 @@ from protocols.session_table import (
 )
 from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 
-TCP = 6
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+# Plain ints for the per-packet path, from protocols.numbers.
+TCP = int(IpProtocol.TCP)
+FIN, SYN, RST, ACK = (
+    int(flag) for flag in (TcpFlags.FIN, TcpFlags.SYN, TcpFlags.RST, TcpFlags.ACK)
+)
 _CONNECTION_FLAGS = FIN | SYN | RST
 _KIND_TCP = FrameKind.TCP
 _KIND_ICMP_ERROR = FrameKind.ICMP_ERROR

@@ -22,33 +22,43 @@ from collections.abc import Iterable
 from enum import IntEnum
 from typing import NamedTuple
 
+from protocols import numbers
+from protocols.numbers import (
+    DEFAULT_CLAIM_PROTOCOL,
+    ICMPV4_ERROR_TYPES,
+    IPV4_HEADER,
+    EtherType,
+    Icmpv4Type,
+    Icmpv6Type,
+    IpProtocol,
+)
 from protocols.session_key import SessionKey
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_ARP = 0x0806
-ETHERTYPE_VLAN = 0x8100
-ETHERTYPE_IPV6 = 0x86DD
+# The hot path compares plain ints, aliased here from `protocols.numbers`.
+ETHERTYPE_IPV4 = int(EtherType.IPV4)
+ETHERTYPE_ARP = int(EtherType.ARP)
+ETHERTYPE_VLAN = int(EtherType.VLAN)
+ETHERTYPE_IPV6 = int(EtherType.IPV6)
 
-TCP = 6
-UDP = 17
-ICMP = 1
-ICMPV6 = 58
+TCP = int(IpProtocol.TCP)
+UDP = int(IpProtocol.UDP)
+ICMP = int(IpProtocol.ICMP)
+ICMPV6 = int(IpProtocol.IPV6_ICMP)
 
-ICMP_ECHO_REQUEST = 8
-ICMP_ERROR_TYPES = frozenset({3, 4, 11, 12})
-ICMPV6_ECHO_REQUEST = 128
-ICMPV6_ERROR_TYPES = frozenset({1, 2, 3, 4})
-ICMPV6_NEIGHBOR_SOLICITATION = 135
+ICMP_ECHO_REQUEST = int(Icmpv4Type.ECHO_REQUEST)
+ICMP_ERROR_TYPES = frozenset(int(kind) for kind in ICMPV4_ERROR_TYPES)
+ICMPV6_ECHO_REQUEST = int(Icmpv6Type.ECHO_REQUEST)
+ICMPV6_ERROR_TYPES = frozenset(int(kind) for kind in numbers.ICMPV6_ERROR_TYPES)
+ICMPV6_NEIGHBOR_SOLICITATION = int(Icmpv6Type.NEIGHBOR_SOLICITATION)
 
-IPV6_GENERIC_EXTENSIONS = frozenset({0, 43, 60, 135, 139, 140, 253, 254})
-IPV6_FRAGMENT = 44
-IPV6_AUTHENTICATION = 51
+IPV6_GENERIC_EXTENSIONS = frozenset(int(number) for number in numbers.IPV6_GENERIC_EXTENSIONS)
+IPV6_FRAGMENT = int(IpProtocol.FRAGMENT)
+IPV6_AUTHENTICATION = int(IpProtocol.AUTHENTICATION)
 MAX_IPV6_EXTENSIONS = 8
 _IPV6_EXTENSIONS = IPV6_GENERIC_EXTENSIONS | {IPV6_FRAGMENT, IPV6_AUTHENTICATION}
 
-# Ethernet type, then the IPv4 header up to the addresses.
-_ETHERNET_IPV4_FIELDS = struct.Struct("!12xHBxHHHxB2x4s4s")
-_IPV4_FIELDS = struct.Struct("!xxHHHxB")  # total length, id, flags+offset, protocol
+# The Ethernet type, then the IPv4 header of `protocols.numbers.IPV4_HEADER`.
+_ETHERNET_IPV4_FIELDS = struct.Struct("!12xH" + IPV4_HEADER.format.lstrip("!"))
 _TCP_FIELDS = struct.Struct("!HHI4xBB")  # ports, sequence, data offset, flags
 _UDP_FIELDS = struct.Struct("!HHH")  # ports, length
 _PORTS = struct.Struct("!HH")
@@ -83,11 +93,12 @@ class Classified(NamedTuple):
 
     `network_offset` is where the IP packet (or ARP packet) starts and
     `payload_offset` where the transport payload starts (for CLAIM, where the
-    claim message starts). `key` names the session for TCP, UDP, ICMP_ECHO
-    and ICMP_ERROR frames. `target` is the address asked for by ARP_REQUEST
-    and NEIGHBOR_SOLICITATION. `fragment` is set for every fragment, first
-    or not, of a fragmented datagram to a cluster address. `sequence` is the
-    TCP sequence number.
+    claim message starts, and `payload_end` where it ends: the IP packet's
+    end, Ethernet padding left out). `key` names the session for TCP, UDP,
+    ICMP_ECHO and ICMP_ERROR frames. `address` is the address asked for by
+    ARP_REQUEST and NEIGHBOR_SOLICITATION, and the sender's for CLAIM.
+    `fragment` is set for every fragment, first or not, of a fragmented
+    datagram to a cluster address. `sequence` is the TCP sequence number.
     """
 
     kind: FrameKind
@@ -96,8 +107,9 @@ class Classified(NamedTuple):
     network_offset: int = 0
     payload_offset: int = 0
     sequence: int = 0
-    target: bytes | None = None
+    address: bytes | None = None
     fragment: FragmentKey | None = None
+    payload_end: int = 0
 
 
 _MALFORMED = Classified(FrameKind.MALFORMED)
@@ -122,10 +134,14 @@ def _record(
     key: SessionKey | None,
     network_offset: int,
     payload_offset: int = 0,
-    target: bytes | None = None,
+    address: bytes | None = None,
     fragment: FragmentKey | None = None,
+    payload_end: int = 0,
 ) -> Classified:
-    return _new(Classified, (kind, key, 0, network_offset, payload_offset, 0, target, fragment))
+    return _new(
+        Classified,
+        (kind, key, 0, network_offset, payload_offset, 0, address, fragment, payload_end),
+    )
 
 
 def network_offset(frame: bytes, start: int) -> int:
@@ -139,7 +155,9 @@ class Classifier:
 
     __slots__ = ("_claim_protocol", "_ipv4", "_ipv6")
 
-    def __init__(self, cluster_addresses: Iterable[bytes], claim_protocol: int = 150) -> None:
+    def __init__(
+        self, cluster_addresses: Iterable[bytes], claim_protocol: int = DEFAULT_CLAIM_PROTOCOL
+    ) -> None:
         addresses = [bytes(address) for address in cluster_addresses]
         self._ipv4 = frozenset(address for address in addresses if len(address) == 4)
         self._ipv6 = frozenset(address for address in addresses if len(address) == 16)
@@ -154,10 +172,13 @@ class Classifier:
             (
                 ethertype,
                 version_ihl,
+                _,
                 total_length,
                 identification,
                 fragment,
+                _,
                 protocol,
+                _,
                 source,
                 destination,
             ) = _ETHERNET_IPV4_FIELDS.unpack_from(frame, start)
@@ -192,6 +213,7 @@ class Classifier:
                             sequence,
                             None,
                             None,
+                            0,
                         ),
                     )
                 return self._ipv4_transport(
@@ -230,14 +252,14 @@ class Classifier:
         header_length = (version_ihl & 0x0F) * 4
         if version_ihl >> 4 != 4 or header_length < 20:
             return _MALFORMED
-        total_length, identification, fragment, protocol = _IPV4_FIELDS.unpack_from(frame, offset)
+        _, _, total_length, identification, fragment, _, protocol, _, source, destination = (
+            IPV4_HEADER.unpack_from(frame, offset)
+        )
         end = offset + total_length
         if total_length < header_length or end > size:
             return _MALFORMED
-        destination = frame[offset + 16 : offset + 20]
         if destination not in self._ipv4:
             return _OTHER
-        source = frame[offset + 12 : offset + 16]
         return self._ipv4_transport(
             frame,
             offset,
@@ -274,7 +296,7 @@ class Classifier:
         if protocol == ICMP:
             return self._icmpv4(frame, offset, transport, end, source, destination)
         if protocol == self._claim_protocol:
-            return _record(_KIND_CLAIM, None, offset, transport)
+            return _record(_KIND_CLAIM, None, offset, transport, source, payload_end=end)
         return _OTHER
 
     def _arp_packet(self, frame: bytes, offset: int, size: int) -> Classified:
@@ -287,7 +309,7 @@ class Classifier:
             return _MALFORMED
         target = frame[offset + 24 : offset + 28]
         if operation == 1 and target in self._ipv4:
-            return _record(_KIND_ARP_REQUEST, None, offset, target=target)
+            return _record(_KIND_ARP_REQUEST, None, offset, address=target)
         return _OTHER
 
     def _icmpv4(
@@ -384,7 +406,7 @@ class Classifier:
                     return _MALFORMED
                 target = frame[position + 8 : position + 24]
                 if target in self._ipv6:
-                    return _record(_KIND_NEIGHBOR_SOLICITATION, None, offset, target=target)
+                    return _record(_KIND_NEIGHBOR_SOLICITATION, None, offset, address=target)
         if destination not in self._ipv6:
             return _OTHER
         fragment_key = None
@@ -401,7 +423,7 @@ class Classifier:
         if next_header == ICMPV6:
             return self._icmpv6(frame, offset, position, end, source, destination)
         if next_header == self._claim_protocol:
-            return _record(_KIND_CLAIM, None, offset, position)
+            return _record(_KIND_CLAIM, None, offset, position, source, payload_end=end)
         return _OTHER
 
     def _icmpv6(
@@ -471,6 +493,7 @@ def _tcp(
             sequence,
             None,
             fragment_key,
+            0,
         ),
     )
 
@@ -501,5 +524,6 @@ def _udp(
             0,
             None,
             fragment_key,
+            0,
         ),
     )

@@ -1,8 +1,9 @@
 """Frames the appliance sends: claims, ARP answers, and local resets.
 
 ARP answers and resets are rare and built through the wire declarations.
-Claims go out two or three times per new session, so their Ethernet and IP
-headers come from a prepared template with `struct`.
+Claim messages (claims, assertions, acknowledgements, hellos) go out for every
+new session, so their Ethernet and IP headers come from a prepared template
+with `struct`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,23 @@ import struct
 from ipaddress import IPv4Address
 
 from protocols.errors import RemoteProtocolError
+from protocols.numbers import (
+    IPV4_CHECKSUM_OFFSET,
+    IPV4_DONT_FRAGMENT,
+    IPV4_HEADER,
+    IPV4_HEADER_LENGTH,
+    IPV4_VERSION_IHL,
+    EtherType,
+    IpProtocol,
+    TcpFlags,
+)
 from protocols.session_key import SessionKey
 from protocols.wire.arp import ArpOperation, ArpPacket
 from protocols.wire.common import BROADCAST_MAC, ZERO_MAC, MacAddress, internet_checksum
-from protocols.wire.ethernet import EthernetFrame, EtherType, VlanTag
-from protocols.wire.ipv4 import IpProtocol, Ipv4Packet
-from protocols.wire.tcp import TcpFlags, TcpSegment
+from protocols.wire.ethernet import EthernetFrame, VlanTag
+from protocols.wire.ipv4 import Ipv4Packet
+from protocols.wire.tcp import TcpSegment
 
-_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 CLAIM_TTL = 1  # claims never leave the segment
 
 
@@ -38,18 +48,20 @@ class FrameBuilder:
         self.member_ip = member_ip or IPv4Address(0)
         self.claim_protocol = claim_protocol
         # Claims go to the cluster MAC, which every member's bridge floods to its TAP.
-        self._claim_ethernet = bytes(cluster_mac) + bytes(self.own_mac) + b"\x08\x00"
+        self._claim_ethernet = (
+            bytes(cluster_mac) + bytes(self.own_mac) + EtherType.IPV4.to_bytes(2, "big")
+        )
         self._identification = 0
 
     def claim_frame(self, message: bytes) -> bytes:
         self._identification = (self._identification + 1) & 0xFFFF
         header = bytearray(
-            _IPV4_HEADER.pack(
-                0x45,
+            IPV4_HEADER.pack(
+                IPV4_VERSION_IHL,
                 0,
-                20 + len(message),
+                IPV4_HEADER_LENGTH + len(message),
                 self._identification,
-                0x4000,  # don't fragment
+                IPV4_DONT_FRAGMENT,
                 CLAIM_TTL,
                 self.claim_protocol,
                 0,
@@ -57,7 +69,7 @@ class FrameBuilder:
                 self.cluster_ip.packed,
             )
         )
-        struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
+        struct.pack_into("!H", header, IPV4_CHECKSUM_OFFSET, internet_checksum(bytes(header)))
         return self._claim_ethernet + bytes(header) + message
 
     def arp_reply(self, request: bytes, network_offset: int, vlan: VlanTag | None) -> bytes | None:

@@ -18,7 +18,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import cast
 
 import trio
@@ -170,10 +170,8 @@ class DataPlane:
         counters = self.counters
         if kind is FrameKind.CLAIM:
             counters.claim_frames += 1
-            network = record.network_offset
-            end = network + int.from_bytes(frame[network + 2 : network + 4], "big")
             try:
-                message = self.authenticator.open(frame[record.payload_offset : end])
+                message = self.authenticator.open(frame[record.payload_offset : record.payload_end])
             except AuthenticationFailure as error:
                 counters.auth_failures += 1
                 log.debug("refused claim: %s", error)
@@ -182,7 +180,8 @@ class DataPlane:
                 counters.claims_malformed += 1
                 log.debug("malformed claim: %s", error)
                 return
-            source = frame[network + 12 : network + 16]
+            source = record.address
+            assert source is not None  # the classifier names every claim's sender
             if self.addresses.get(message.member_id) != source:
                 self.addresses[message.member_id] = source
                 if len(self.addresses) > MAX_KNOWN_ADDRESSES:
@@ -218,7 +217,7 @@ class DataPlane:
 
     def address_of(self, member_id: int) -> str | None:
         source = self.addresses.get(member_id)
-        return None if source is None else str(IPv4Address(source))
+        return None if source is None else str(ip_address(source))
 
     def announce(self) -> None:
         """Gratuitous ARP: neighbours learn the cluster MAC without asking."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 from construct import (
     BitsInteger,
@@ -18,6 +17,7 @@ from construct import (
     this,
 )
 
+from protocols.numbers import EtherType
 from protocols.wire.common import (
     MAC_ADDRESS,
     MacAddress,
@@ -25,14 +25,6 @@ from protocols.wire.common import (
     parse_with,
     require_range,
 )
-
-
-class EtherType(IntEnum):
-    IPV4 = 0x0800
-    ARP = 0x0806
-    VLAN = 0x8100
-    IPV6 = 0x86DD
-
 
 VLAN_TAG = Struct(
     Const(b"\x81\x00"),

@@ -9,11 +9,11 @@ fragmentation-needed message of path MTU discovery matters most).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 from construct import Bytes, GreedyBytes, Int8ub, Int16ub, Padding, Struct
 
 from protocols.errors import ChecksumMismatch, LocalProtocolError
+from protocols.numbers import FRAGMENTATION_NEEDED, ICMPV4_ERROR_TYPES, Icmpv4Type
 from protocols.wire.common import (
     build_with,
     internet_checksum,
@@ -22,29 +22,6 @@ from protocols.wire.common import (
     require_range,
 )
 from protocols.wire.ipv4 import Ipv4Packet
-
-ICMP_PROTOCOL = 1
-
-
-class Icmpv4Type(IntEnum):
-    ECHO_REPLY = 0
-    DESTINATION_UNREACHABLE = 3
-    SOURCE_QUENCH = 4
-    ECHO_REQUEST = 8
-    TIME_EXCEEDED = 11
-    PARAMETER_PROBLEM = 12
-
-
-# Error types: the payload is the quoted offending packet.
-ERROR_TYPES = frozenset(
-    {
-        Icmpv4Type.DESTINATION_UNREACHABLE,
-        Icmpv4Type.SOURCE_QUENCH,
-        Icmpv4Type.TIME_EXCEEDED,
-        Icmpv4Type.PARAMETER_PROBLEM,
-    }
-)
-FRAGMENTATION_NEEDED = 4  # a code of DESTINATION_UNREACHABLE
 
 ICMPV4_MESSAGE = Struct(
     "type" / Int8ub,
@@ -86,7 +63,7 @@ class Icmpv4Error:
     rest_of_header: bytes = bytes(4)  # next-hop MTU, or a parameter-problem pointer
 
     def __post_init__(self) -> None:
-        if self.icmp_type not in ERROR_TYPES:
+        if self.icmp_type not in ICMPV4_ERROR_TYPES:
             raise LocalProtocolError(f"ICMP type {self.icmp_type} is not an error")
         require_range("code", self.code, 0, 255)
         require_length("rest_of_header", self.rest_of_header, 4)
@@ -156,6 +133,6 @@ def parse_icmpv4(data: bytes, *, verify_checksum: bool = True) -> Icmpv4Message:
             parsed.payload,
             is_request=parsed.type == Icmpv4Type.ECHO_REQUEST,
         )
-    if parsed.type in ERROR_TYPES:
+    if parsed.type in ICMPV4_ERROR_TYPES:
         return Icmpv4Error(parsed.type, parsed.code, parsed.payload, parsed.rest_of_header)
     return Icmpv4Other(parsed.type, parsed.code, parsed.rest_of_header, parsed.payload)

@@ -27,6 +27,7 @@ from construct import (
 )
 
 from protocols.errors import ChecksumMismatch
+from protocols.numbers import Icmpv6Type, IpProtocol
 from protocols.wire.common import (
     IPV6_ADDRESS,
     MacAddress,
@@ -36,19 +37,6 @@ from protocols.wire.common import (
     pseudo_header,
     require_range,
 )
-
-ICMPV6_PROTOCOL = 58
-
-
-class Icmpv6Type(IntEnum):
-    DESTINATION_UNREACHABLE = 1
-    PACKET_TOO_BIG = 2
-    TIME_EXCEEDED = 3
-    PARAMETER_PROBLEM = 4
-    ECHO_REQUEST = 128
-    ECHO_REPLY = 129
-    NEIGHBOR_SOLICITATION = 135
-    NEIGHBOR_ADVERTISEMENT = 136
 
 
 class NdpOptionType(IntEnum):
@@ -197,7 +185,7 @@ def _build_message(
         )
     )
     checksum = internet_checksum(
-        pseudo_header(source, destination, ICMPV6_PROTOCOL, len(raw)), bytes(raw)
+        pseudo_header(source, destination, IpProtocol.IPV6_ICMP, len(raw)), bytes(raw)
     )
     struct.pack_into("!H", raw, 2, checksum)
     return bytes(raw)
@@ -212,7 +200,7 @@ def parse_icmpv6(
 ) -> Icmpv6Message:
     parsed = parse_with(ICMPV6_MESSAGE, data, "ICMPv6 message")
     if verify_checksum and internet_checksum(
-        pseudo_header(source, destination, ICMPV6_PROTOCOL, len(data)), data
+        pseudo_header(source, destination, IpProtocol.IPV6_ICMP, len(data)), data
     ):
         raise ChecksumMismatch(f"ICMPv6 checksum {parsed.checksum:#06x} does not match")
     # A message whose reserved bits are set stays an Icmpv6Other, which

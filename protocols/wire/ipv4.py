@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
 from ipaddress import IPv4Address
 
 from construct import (
@@ -31,15 +30,6 @@ from protocols.wire.common import (
     parse_with,
     require_range,
 )
-
-
-class IpProtocol(IntEnum):
-    ICMP = 1
-    TCP = 6
-    UDP = 17
-    IPV6_ICMP = 58
-    CLAIM = 150  # the default; the appliance makes it configurable
-
 
 IPV4_PACKET = Struct(
     "version_ihl"

@@ -24,18 +24,12 @@ from construct import (
 )
 
 from protocols.errors import LocalProtocolError, MalformedPacket
+from protocols.numbers import IPV6_GENERIC_EXTENSIONS, IpProtocol
 from protocols.wire.common import IPV6_ADDRESS, build_with, parse_with, require_range
 
-HOP_BY_HOP = 0
-ROUTING = 43
-FRAGMENT = 44
-AUTHENTICATION = 51
-DESTINATION_OPTIONS = 60
-# Extension headers in the common "next header, length in 8-octet units" form.
-GENERIC_EXTENSION_HEADERS = frozenset(
-    {HOP_BY_HOP, ROUTING, DESTINATION_OPTIONS, 135, 139, 140, 253, 254}
-)
-EXTENSION_HEADERS = GENERIC_EXTENSION_HEADERS | {FRAGMENT, AUTHENTICATION}
+FRAGMENT = IpProtocol.FRAGMENT
+AUTHENTICATION = IpProtocol.AUTHENTICATION
+EXTENSION_HEADERS = IPV6_GENERIC_EXTENSIONS | {FRAGMENT, AUTHENTICATION}
 # A chain longer than this is treated as an attack, not a packet.
 MAX_EXTENSION_HEADERS = 8
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
 from protocols.errors import LocalProtocolError
+from protocols.numbers import DEFAULT_CLAIM_PROTOCOL, EtherType, IpProtocol
 from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import (
     Acknowledgement,
@@ -23,10 +24,9 @@ from protocols.wire.claim import (
     SignedClaimMessage,
     parse_claim_message,
 )
-from protocols.wire.ethernet import EthernetFrame, EtherType
-from protocols.wire.icmpv4 import ICMP_PROTOCOL, Icmpv4Echo, Icmpv4Error, Icmpv4Other, parse_icmpv4
+from protocols.wire.ethernet import EthernetFrame
+from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error, Icmpv4Other, parse_icmpv4
 from protocols.wire.icmpv6 import (
-    ICMPV6_PROTOCOL,
     Icmpv6Other,
     NeighborAdvertisement,
     NeighborSolicitation,
@@ -34,8 +34,8 @@ from protocols.wire.icmpv6 import (
 )
 from protocols.wire.ipv4 import Ipv4Packet
 from protocols.wire.ipv6 import Ipv6Packet
-from protocols.wire.tcp import TCP_PROTOCOL, TcpSegment
-from protocols.wire.udp import UDP_PROTOCOL, UdpDatagram
+from protocols.wire.tcp import TcpSegment
+from protocols.wire.udp import UdpDatagram
 
 Layer = (
     EthernetFrame
@@ -115,7 +115,7 @@ def build_stack(layers: Sequence[Layer]) -> bytes:
     return _build_layer(filled[0], None)
 
 
-def parse_stack(frame: bytes, *, claim_protocol: int = 150) -> tuple[Layer, ...]:
+def parse_stack(frame: bytes, *, claim_protocol: int = DEFAULT_CLAIM_PROTOCOL) -> tuple[Layer, ...]:
     """Take a frame apart as far as the appliance understands it.
 
     Raises a RemoteProtocolError for a malformed header or a bad checksum.
@@ -140,14 +140,14 @@ def parse_stack(frame: bytes, *, claim_protocol: int = 150) -> tuple[Layer, ...]
 
 def _transport(packet: Ipv4Packet | Ipv6Packet, claim_protocol: int) -> list[Layer]:
     protocol = packet.protocol if isinstance(packet, Ipv4Packet) else packet.next_header
-    if protocol == TCP_PROTOCOL:
+    if protocol == IpProtocol.TCP:
         return [TcpSegment.parse(packet.payload, packet.source, packet.destination)]
-    if protocol == UDP_PROTOCOL:
+    if protocol == IpProtocol.UDP:
         return [UdpDatagram.parse(packet.payload, packet.source, packet.destination)]
-    if protocol == ICMP_PROTOCOL and isinstance(packet.source, IPv4Address):
+    if protocol == IpProtocol.ICMP and isinstance(packet.source, IPv4Address):
         return [parse_icmpv4(packet.payload)]
     if (
-        protocol == ICMPV6_PROTOCOL
+        protocol == IpProtocol.IPV6_ICMP
         and isinstance(packet.source, IPv6Address)
         and isinstance(packet.destination, IPv6Address)
     ):

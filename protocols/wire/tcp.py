@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntFlag
 
 from construct import (
     BitsInteger,
@@ -25,6 +24,7 @@ from construct import (
 )
 
 from protocols.errors import ChecksumMismatch, LocalProtocolError, MalformedPacket
+from protocols.numbers import IpProtocol, TcpFlags
 from protocols.wire.common import (
     IpAddress,
     build_with,
@@ -33,20 +33,6 @@ from protocols.wire.common import (
     pseudo_header,
     require_range,
 )
-
-TCP_PROTOCOL = 6
-
-
-class TcpFlags(IntFlag):
-    FIN = 0x01
-    SYN = 0x02
-    RST = 0x04
-    PSH = 0x08
-    ACK = 0x10
-    URG = 0x20
-    ECE = 0x40
-    CWR = 0x80
-
 
 TCP_SEGMENT = Struct(
     "source_port" / Int16ub,
@@ -196,7 +182,7 @@ class TcpSegment:
     ) -> TcpSegment:
         parsed = parse_with(TCP_SEGMENT, data, "TCP segment")
         if verify_checksum and internet_checksum(
-            pseudo_header(source, destination, TCP_PROTOCOL, len(data)), data
+            pseudo_header(source, destination, IpProtocol.TCP, len(data)), data
         ):
             raise ChecksumMismatch(f"TCP checksum {parsed.checksum:#06x} does not match")
         return cls(
@@ -233,7 +219,7 @@ class TcpSegment:
             )
         )
         checksum = internet_checksum(
-            pseudo_header(source, destination, TCP_PROTOCOL, len(raw)), bytes(raw)
+            pseudo_header(source, destination, IpProtocol.TCP, len(raw)), bytes(raw)
         )
         struct.pack_into("!H", raw, 16, checksum)
         return bytes(raw)

@@ -9,6 +9,7 @@ from ipaddress import IPv6Address
 from construct import Bytes, Check, Int16ub, Rebuild, Struct, Terminated, this
 
 from protocols.errors import ChecksumMismatch
+from protocols.numbers import IpProtocol
 from protocols.wire.common import (
     IpAddress,
     build_with,
@@ -17,8 +18,6 @@ from protocols.wire.common import (
     pseudo_header,
     require_range,
 )
-
-UDP_PROTOCOL = 17
 
 UDP_DATAGRAM = Struct(
     "source_port" / Int16ub,
@@ -58,7 +57,9 @@ class UdpDatagram:
         if (
             verify_checksum
             and not skip
-            and internet_checksum(pseudo_header(source, destination, UDP_PROTOCOL, len(data)), data)
+            and internet_checksum(
+                pseudo_header(source, destination, IpProtocol.UDP, len(data)), data
+            )
         ):
             raise ChecksumMismatch(f"UDP checksum {parsed.checksum:#06x} does not match")
         return cls(parsed.source_port, parsed.destination_port, parsed.payload)
@@ -77,7 +78,7 @@ class UdpDatagram:
             )
         )
         checksum = internet_checksum(
-            pseudo_header(source, destination, UDP_PROTOCOL, len(raw)), bytes(raw)
+            pseudo_header(source, destination, IpProtocol.UDP, len(raw)), bytes(raw)
         )
         struct.pack_into("!H", raw, 6, checksum or 0xFFFF)
         return bytes(raw)

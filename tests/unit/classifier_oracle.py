@@ -12,14 +12,22 @@ from ipaddress import IPv4Address
 
 from protocols.classifier import Classified, FragmentKey, FrameKind
 from protocols.errors import ProtocolError
+from protocols.numbers import (
+    DEFAULT_CLAIM_PROTOCOL,
+    ICMPV4_ERROR_TYPES,
+    ICMPV6_ERROR_TYPES,
+    EtherType,
+    Icmpv6Type,
+    IpProtocol,
+)
 from protocols.session_key import SessionKey
 from protocols.wire.arp import ArpPacket
 from protocols.wire.common import parse_with
-from protocols.wire.ethernet import EthernetFrame, EtherType
-from protocols.wire.icmpv4 import ERROR_TYPES, Icmpv4Echo, Icmpv4Error, parse_icmpv4
+from protocols.wire.ethernet import EthernetFrame
+from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error, parse_icmpv4
 from protocols.wire.icmpv6 import ICMPV6_MESSAGE, NEIGHBOR_SOLICITATION_BODY
 from protocols.wire.ipv4 import Ipv4Packet
-from protocols.wire.ipv6 import FRAGMENT, IPV6_PACKET, Ipv6Packet
+from protocols.wire.ipv6 import IPV6_PACKET, Ipv6Packet
 from protocols.wire.tcp import TCP_PORTS, TcpSegment
 from protocols.wire.udp import UdpDatagram
 
@@ -28,7 +36,7 @@ OTHER = Classified(FrameKind.OTHER)
 
 
 def classify_with_declarations(
-    frame: bytes, cluster: frozenset[bytes], claim_protocol: int = 150
+    frame: bytes, cluster: frozenset[bytes], claim_protocol: int = DEFAULT_CLAIM_PROTOCOL
 ) -> Classified:
     try:
         return _classify(frame, cluster, claim_protocol)
@@ -43,7 +51,7 @@ def _classify(frame: bytes, cluster: frozenset[bytes], claim_protocol: int) -> C
         arp = ArpPacket.parse(ethernet.payload)
         target = arp.target_protocol_address.packed
         if arp.operation == 1 and target in cluster:
-            return Classified(FrameKind.ARP_REQUEST, network_offset=network, target=target)
+            return Classified(FrameKind.ARP_REQUEST, network_offset=network, address=target)
         return OTHER
     if ethernet.ethertype == EtherType.IPV4:
         return _ipv4(
@@ -69,21 +77,24 @@ def _ipv4(
         if packet.fragment_offset:
             return Classified(FrameKind.FRAGMENT, network_offset=network, fragment=fragment)
     transport = network + packet.header_length
-    if packet.protocol in (6, 17):
+    if packet.protocol in (IpProtocol.TCP, IpProtocol.UDP):
         return _transport(
             packet.protocol, packet.payload, source, destination, network, transport, fragment
         )
-    if packet.protocol == 1:
+    if packet.protocol == IpProtocol.ICMP:
         message = parse_icmpv4(packet.payload, verify_checksum=False)
         if isinstance(message, Icmpv4Echo):
             if not message.is_request:
                 return OTHER
-            key = SessionKey(1, source, message.identifier, destination, 0)
+            key = SessionKey(IpProtocol.ICMP, source, message.identifier, destination, 0)
             return Classified(FrameKind.ICMP_ECHO, key, 0, network, transport + 8)
-        if isinstance(message, Icmpv4Error) and message.icmp_type in ERROR_TYPES:
+        if isinstance(message, Icmpv4Error) and message.icmp_type in ICMPV4_ERROR_TYPES:
             quoted = message.offending_packet()
             ports = parse_with(TCP_PORTS, quoted.payload, "quoted ports")
-            if quoted.protocol not in (6, 17) or quoted.source.packed not in cluster:
+            if (
+                quoted.protocol not in (IpProtocol.TCP, IpProtocol.UDP)
+                or quoted.source.packed not in cluster
+            ):
                 return OTHER
             key = SessionKey(
                 quoted.protocol,
@@ -95,7 +106,13 @@ def _ipv4(
             return Classified(FrameKind.ICMP_ERROR, key, 0, network, transport + 8)
         return OTHER
     if packet.protocol == claim_protocol:
-        return Classified(FrameKind.CLAIM, network_offset=network, payload_offset=transport)
+        return Classified(
+            FrameKind.CLAIM,
+            network_offset=network,
+            payload_offset=transport,
+            address=source,
+            payload_end=transport + len(packet.payload),
+        )
     return OTHER
 
 
@@ -109,7 +126,7 @@ def _transport(
     fragment: FragmentKey | None,
 ) -> Classified:
     anywhere = IPv4Address(0)  # checksums are not verified, so addresses do not matter
-    if protocol == 6:
+    if protocol == IpProtocol.TCP:
         if fragment is None:
             segment = TcpSegment.parse(payload, anywhere, anywhere, verify_checksum=False)
             header_length = segment.header_length
@@ -118,7 +135,7 @@ def _transport(
         else:
             # A first fragment holds the fixed header, perhaps not all options.
             header_length, sequence, flags, ports = _tcp_fixed_header(payload)
-        key = SessionKey(6, source, ports[0], destination, ports[1])
+        key = SessionKey(IpProtocol.TCP, source, ports[0], destination, ports[1])
         return Classified(
             FrameKind.TCP, key, flags, network, transport + header_length, sequence, None, fragment
         )
@@ -130,7 +147,7 @@ def _transport(
         if len(payload) < 8:
             raise ProtocolError("first fragment shorter than a UDP header")
         ports = (fixed_ports.source_port, fixed_ports.destination_port)
-    key = SessionKey(17, source, ports[0], destination, ports[1])
+    key = SessionKey(IpProtocol.UDP, source, ports[0], destination, ports[1])
     return Classified(FrameKind.UDP, key, 0, network, transport + 8, 0, None, fragment)
 
 
@@ -157,18 +174,23 @@ def _ipv6(
 ) -> Classified:
     source, destination = packet.source.packed, packet.destination.packed
     fragment_header = next(
-        (header for header in packet.extension_headers if header.header_type == FRAGMENT), None
+        (
+            header
+            for header in packet.extension_headers
+            if header.header_type == IpProtocol.FRAGMENT
+        ),
+        None,
     )
     transport = network + len(packet.build()) - len(packet.padding) - len(packet.payload)
-    if packet.next_header == 58 and fragment_header is None:
+    if packet.next_header == IpProtocol.IPV6_ICMP and fragment_header is None:
         message = parse_with(ICMPV6_MESSAGE, packet.payload, "ICMPv6 message")
-        if message.type == 135 and message.code == 0:
+        if message.type == Icmpv6Type.NEIGHBOR_SOLICITATION and message.code == 0:
             solicitation = parse_with(NEIGHBOR_SOLICITATION_BODY, message.body, "solicitation")
             if solicitation.target.packed in cluster:
                 return Classified(
                     FrameKind.NEIGHBOR_SOLICITATION,
                     network_offset=network,
-                    target=solicitation.target.packed,
+                    address=solicitation.target.packed,
                 )
     if destination not in cluster:
         return OTHER
@@ -181,21 +203,27 @@ def _ipv6(
             return Classified(FrameKind.FRAGMENT, network_offset=network, fragment=fragment)
         if not field & 1:
             fragment = None
-    if packet.next_header in (6, 17):
+    if packet.next_header in (IpProtocol.TCP, IpProtocol.UDP):
         return _transport(
             packet.next_header, packet.payload, source, destination, network, transport, fragment
         )
-    if packet.next_header == 58:
+    if packet.next_header == IpProtocol.IPV6_ICMP:
         message = parse_with(ICMPV6_MESSAGE, packet.payload, "ICMPv6 message")
-        if message.type == 128 and message.code == 0:
+        if message.type == Icmpv6Type.ECHO_REQUEST and message.code == 0:
             identifier = int.from_bytes(message.body[0:2], "big")
-            key = SessionKey(58, source, identifier, destination, 0)
+            key = SessionKey(IpProtocol.IPV6_ICMP, source, identifier, destination, 0)
             return Classified(FrameKind.ICMP_ECHO, key, 0, network, transport + 8)
-        if message.type in (1, 2, 3, 4):
+        if message.type in ICMPV6_ERROR_TYPES:
             return _icmpv6_error(message.body[4:], cluster, network, transport)
         return OTHER
     if packet.next_header == claim_protocol:
-        return Classified(FrameKind.CLAIM, network_offset=network, payload_offset=transport)
+        return Classified(
+            FrameKind.CLAIM,
+            network_offset=network,
+            payload_offset=transport,
+            address=source,
+            payload_end=transport + len(packet.payload),
+        )
     return OTHER
 
 
@@ -209,7 +237,10 @@ def _icmpv6_error(
     header = bytearray(quoted[:44])
     header[4:6] = (4).to_bytes(2, "big")
     packet = parse_with(IPV6_PACKET, bytes(header), "quoted IPv6 header")
-    if packet.next_header not in (6, 17) or packet.source.packed not in cluster:
+    if (
+        packet.next_header not in (IpProtocol.TCP, IpProtocol.UDP)
+        or packet.source.packed not in cluster
+    ):
         return OTHER
     ports = parse_with(TCP_PORTS, packet.payload, "quoted ports")
     key = SessionKey(

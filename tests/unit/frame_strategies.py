@@ -10,11 +10,12 @@ from ipaddress import IPv4Address, IPv6Address
 
 from hypothesis import strategies as st
 
+from protocols.numbers import DEFAULT_CLAIM_PROTOCOL, EtherType, TcpFlags
 from protocols.session_key import SessionKey
 from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 from protocols.wire.common import MacAddress
-from protocols.wire.ethernet import EthernetFrame, EtherType, VlanTag
+from protocols.wire.ethernet import EthernetFrame, VlanTag
 from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error, Icmpv4Other
 from protocols.wire.icmpv6 import (
     Icmpv6Other,
@@ -25,13 +26,13 @@ from protocols.wire.icmpv6 import (
 from protocols.wire.ipv4 import Ipv4Packet
 from protocols.wire.ipv6 import Ipv6ExtensionHeader, Ipv6Packet
 from protocols.wire.stack import Layer, build_stack, fill_payloads
-from protocols.wire.tcp import TcpFlags, TcpSegment
+from protocols.wire.tcp import TcpSegment
 from protocols.wire.udp import UdpDatagram
 
 CLUSTER_V4 = IPv4Address("192.0.2.10")
 CLUSTER_V6 = IPv6Address("2001:db8::10")
 CLUSTER_ADDRESSES = (CLUSTER_V4.packed, CLUSTER_V6.packed)
-CLAIM_PROTOCOL = 150
+CLAIM_PROTOCOL = DEFAULT_CLAIM_PROTOCOL
 
 macs = st.binary(min_size=6, max_size=6).map(MacAddress)
 ports = st.integers(0, 0xFFFF)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.errors import RemoteProtocolError
+from protocols.numbers import TcpFlags
 from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import decode_message, parse_claim_message
 from protocols.wire.ethernet import EthernetFrame
@@ -21,7 +22,7 @@ from protocols.wire.icmpv6 import parse_icmpv6
 from protocols.wire.ipv4 import Ipv4Packet
 from protocols.wire.ipv6 import Ipv6Packet
 from protocols.wire.stack import parse_stack
-from protocols.wire.tcp import TcpFlags, TcpSegment, parse_tcp_options
+from protocols.wire.tcp import TcpSegment, parse_tcp_options
 from protocols.wire.udp import UdpDatagram
 from tests.fixtures.frames import CLAIM_KEY, all_fixture_frames
 

@@ -16,13 +16,14 @@ from protocols.claim_machine import (
     Verdict,
 )
 from protocols.classifier import Classified, FragmentKey, FrameKind
+from protocols.numbers import IpProtocol, TcpFlags
 from protocols.rendezvous import rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
 from protocols.session_table import CLOSING, FOREIGN, OWNED, PENDING, Session
 from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 
-TCP, UDP = 6, 17
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+TCP, UDP = IpProtocol.TCP, IpProtocol.UDP
+FIN, SYN, RST, ACK = TcpFlags.FIN, TcpFlags.SYN, TcpFlags.RST, TcpFlags.ACK
 CLIENT = bytes([198, 51, 100, 7])
 CLUSTER = bytes([192, 0, 2, 10])
 ME = 1

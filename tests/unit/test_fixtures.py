@@ -4,6 +4,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from protocols.numbers import TcpFlags
 from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import Acknowledgement, Assertion, Claim, Hello, SignedClaimMessage
 from protocols.wire.ethernet import EthernetFrame
@@ -12,7 +13,7 @@ from protocols.wire.icmpv6 import NeighborAdvertisement, NeighborSolicitation
 from protocols.wire.ipv4 import Ipv4Packet
 from protocols.wire.ipv6 import Ipv6Packet
 from protocols.wire.stack import build_stack, fill_payloads, parse_stack
-from protocols.wire.tcp import TcpFlags, TcpSegment, parse_tcp_options
+from protocols.wire.tcp import TcpSegment, parse_tcp_options
 from protocols.wire.udp import UdpDatagram
 from tests.fixtures import frames
 from tests.fixtures.frames import FIXTURES

@@ -28,6 +28,7 @@ from protocols.claim_machine import (
     Verdict,
 )
 from protocols.classifier import Classified, FrameKind
+from protocols.numbers import TcpFlags
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Assertion, Claim, ClaimMessage
 from tools.sim.first_seen import FirstSeenMachine
@@ -52,7 +53,9 @@ SEND_ACK = 2
 SEND_DATA = 3
 SEND_LAST = 4
 
-TCP_SYN, TCP_ACK, TCP_DATA, TCP_FIN, TCP_RST = 0x02, 0x10, 0x18, 0x11, 0x04
+TCP_SYN, TCP_ACK, TCP_RST = int(TcpFlags.SYN), int(TcpFlags.ACK), int(TcpFlags.RST)
+TCP_DATA = int(TcpFlags.PSH | TcpFlags.ACK)
+TCP_FIN = int(TcpFlags.FIN | TcpFlags.ACK)
 CLUSTER_ADDRESS = bytes([192, 0, 2, 10])
 RETRANSMIT_GAPS = (1.0, 2.0, 4.0)  # then 4 s until the client gives up
 REPLY_DELAY = 0.0003  # from a member's kernel back to the client
