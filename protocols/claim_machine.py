@@ -5,49 +5,21 @@ packets (`handle_client_packet`), claim messages (`handle_message`) and timer
 expiries (`handle_timer`), each with the current time `now`; then carry out the
 actions it returns (`pop_actions`) and wake it again at `next_wakeup()`.
 
-The rule, in plain words:
+The rule it implements is stated once, in docs/claim-rule.md; comments here
+cite its numbered rules ("rule 3"). The machine composes the concerns that
+live in their own modules:
 
-1. Only a TCP SYN (without ACK), a UDP datagram of an unseen flow or an echo
-   request starts a session. Mid-stream packets of unknown sessions are
-   dropped, never claimed: a member that joins late cannot steal live sessions.
-2. Every member scores the session with weighted rendezvous hashing
-   (`protocols.rendezvous`) using the weights members announce in hellos. The
-   member it ranks first claims at once; the one ranked r claims after
-   r * claim_step, as a backup, and only if it has heard no claim yet. A
-   member that is draining, or whose service does not listen on the port,
-   never claims.
-3. Every member acknowledges every claim it handles, each claim on its own.
-   A claimer decides once every live member it knows has acknowledged that
-   claim and `guard` has passed (for members it has not heard yet), or
-   after `ack_timeout` if some never acknowledge (a lost message, a member
-   that died); always on a timer, which the shell runs with its TAP drained.
-   It then serves the session if no claim with a higher (score, member id)
-   and no ownership assertion arrived; otherwise it drops the queued
-   packets. The highest (score, member id) among the claims seen is the same
-   on every member whatever the order they arrived in: there is no "first
-   claim wins".
+- `protocols.session_lifecycle`: a session's phases and the table of their
+  transitions;
+- `protocols.session_table`: the bounded table of sessions and their timers;
+- `protocols.peers`: the other members, their counters, losses and which
+  acknowledgements may be trusted;
+- `protocols.packet_queue`: bounded queues of packets waiting for a claim,
+  and fragments;
+- `protocols.rendezvous`: the scores bids are ranked by.
 
-   The acknowledgement is what makes this safe under any delay. A member
-   sends its own claim or assertion for a session before it acknowledges a
-   rival's claim for it, and never claims a session after acknowledging a
-   rival's claim for it (not even on a reused port, see `_start_again`). An
-   acknowledgement counts only once every earlier message of its sender has
-   arrived: no counter gap, none declared lost, and not within
-   `reorder_window` of first hearing the sender. So two claimers that each
-   hold the other's acknowledgement have each seen the other's claim, and
-   agree on the higher one. Only a timeout can let two members win: a lost
-   message (or one later than `reorder_window`), a member silent for longer
-   than `ack_timeout`, or a member not yet known whose claim takes longer
-   than `guard`. The loser yields as in 5.
-4. The winner injects the queued packets and asserts ownership, again after a
-   few short delays. An owner answers a later claim for its session with an
-   assertion (at most one per guard window). A claimer that hears an
-   assertion yields.
-5. Two owners exist only after a timeout of 3. When an owner hears another's
-   assertion, the lower (score, member id) yields and resets its half-open
-   local connection. Members also re-assert their sessions to peers they hear
-   again after a silence (a healed partition) and to new members, which is
-   how late joiners learn existing sessions.
+What stays here is what does not fit a table: bid order, when a claim is
+decided (through a `DecisionRule`, a public hook), and re-assertion plans.
 """
 
 from __future__ import annotations
@@ -56,17 +28,22 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum, auto
+from typing import Protocol
 
-from protocols.classifier import Classified, FragmentKey, FrameKind
+from protocols.classifier import Classified, FrameKind
 from protocols.numbers import IpProtocol, TcpFlags
+from protocols.packet_queue import FragmentTable, PacketQueues
+from protocols.peers import Peer, PeerTable
 from protocols.rendezvous import effective_weight, rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
+from protocols.session_lifecycle import Event, Phase
 from protocols.session_table import (
     CLOSING,
     FOREIGN,
     NO_MEMBER,
     OWNED,
     PENDING,
+    HeardClaim,
     Session,
     SessionTable,
 )
@@ -198,55 +175,33 @@ class ClaimSettings:
                 raise SettingsError(f"{name} must be at least 1")
 
 
-MAX_MISSING = 64  # a larger gap in a peer's counter is a loss at once
 # Re-assertion with repeats is bounded: after a long partition, only this many
 # of the most recent sessions get repeats; the rest are asserted once.
 MAX_REPEATED_RESYNC = 4096
 
 
-class Peer:
-    """Another member, as learned from its messages."""
+class DecisionRule(Protocol):
+    """When a claim of this member's may be decided (rule 3), given whether
+    every live member it waits for has acknowledged it; None: not yet (it is
+    decided at `ack_timeout` at the latest). The simulator plugs in older
+    rules through this hook to show that its checker catches them."""
 
-    __slots__ = (
-        "draining",
-        "gap_since",
-        "heard_since",
-        "in_order_at",
-        "known_from_counter",
-        "last_counter",
-        "last_heard",
-        "loss_check_at",
-        "member_id",
-        "missing",
-        "parked_acknowledgements",
-        "trust_after",
-        "warming",
-        "weight",
-    )
+    def decision_time(
+        self, claimed_at: float, acknowledged_by_all: bool, now: float, settings: ClaimSettings
+    ) -> float | None: ...
 
-    def __init__(self, member_id: int, counter: int, now: float) -> None:
-        self.member_id = member_id
-        self.weight = 1.0
-        self.draining = False
-        self.warming = False
-        self.last_heard = now
-        # Loss detection: every message carries the sender's counter, +1 each.
-        self.last_counter = counter
-        self.in_order_at = now  # when every counter so far had arrived
-        self.missing: dict[int, float] = {}  # counter: when its absence was noticed
-        self.gap_since = now
-        self.loss_check_at: float | None = None
-        # Acknowledgements of our claims (by claim counter) that arrived while
-        # the peer's counter had a gap wait in `parked_acknowledgements` until
-        # it fills. None is trusted from a message numbered `trust_after` or
-        # lower (some before them were lost), nor within reorder_window of
-        # `heard_since` (messages it sent before we knew it may be in flight).
-        # Our claims from before `known_from_counter` went out before we knew
-        # it: they do not wait for it.
-        self.parked_acknowledgements: list[int] = []
-        self.trust_after = counter
-        self.heard_since = now
-        self.known_from_counter = 0
+
+class AcknowledgedRule:
+    """Rule 3: once every live member acknowledged the claim, decide it at
+    `guard` after it was sent (or now, if later)."""
+
+    def decision_time(
+        self, claimed_at: float, acknowledged_by_all: bool, now: float, settings: ClaimSettings
+    ) -> float | None:
+        return max(claimed_at + settings.guard, now) if acknowledged_by_all else None
+
+
+ACKNOWLEDGED = AcknowledgedRule()
 
 
 @dataclass(slots=True)
@@ -298,14 +253,48 @@ def _repeats_left(session: Session) -> int:
     return len(session.repeat_plan) - session.repeat_index + 1
 
 
-def _hear_owner(
+def _hear_bid(
     session: Session, member_id: int, score: float, now: float, *, asserted: bool = False
 ) -> None:
     """Record the best claim (or an assertion) heard for a session this member does not serve."""
-    session.owner, session.owner_score = member_id, score
-    session.owner_heard_at = now
+    session.best_member, session.best_score = member_id, score
+    session.best_heard_at = now
     if asserted:
-        session.owner_asserted = True
+        session.best_asserted = True
+
+
+class MemberMachine(Protocol):
+    """What a driver (the data plane, the simulator) asks of one member's
+    claim protocol. `ClaimMachine` is the real one; the simulator's
+    comparison policies implement the same interface."""
+
+    member_id: int
+
+    def handle_client_packet(
+        self, record: Classified, packet: object, size: int, now: float
+    ) -> Verdict: ...
+
+    def handle_message(self, message: ClaimMessage, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def update_local(
+        self,
+        now: float,
+        *,
+        draining: bool | None = None,
+        listening: frozenset[tuple[int, int]] | Unchanged | None = UNCHANGED,
+    ) -> None: ...
+
+    def pop_actions(self) -> list[Action]: ...
+
+    def next_wakeup(self) -> float: ...
+
+    def knows(self, member_id: int, now: float) -> bool: ...
+
+    def owns(self, key: SessionKey) -> bool: ...
+
+    def bound_violation(self) -> str | None: ...
 
 
 class ClaimMachine:
@@ -321,17 +310,29 @@ class ClaimMachine:
         load: float = 0.0,
         draining: bool = False,
         listening: frozenset[tuple[int, int]] | None = None,
+        decision_rule: DecisionRule = ACKNOWLEDGED,
     ) -> None:
         self.member_id = member_id
         self.settings = settings
         self.counters = Counters()
         self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self._decision_rule = decision_rule
         self._table = SessionTable(settings.max_sessions)
-        self._peers: dict[int, Peer] = {}
-        # Members given up on, and when they were last heard: if one comes
-        # back it was cut off, not restarted (a restart brings a new id).
-        self._departed: OrderedDict[int, float] = OrderedDict()
-        self._fragments: OrderedDict[FragmentKey, tuple[SessionKey, float]] = OrderedDict()
+        self._peers = PeerTable(
+            member_timeout=settings.member_timeout,
+            reorder_window=settings.reorder_window,
+            max_members=settings.max_members,
+        )
+        self._queues = PacketQueues(
+            max_per_session=settings.max_queued_per_session,
+            max_packets=settings.max_queued_packets,
+            max_bytes=settings.max_queued_bytes,
+            drops=self.drops,
+            session=self._table.get,
+        )
+        self._fragments = FragmentTable(
+            max_fragments=settings.max_fragments, timeout=settings.fragment_timeout
+        )
         self._actions: list[Action] = []
         self._counter = 0
         self._started = now
@@ -341,14 +342,9 @@ class ClaimMachine:
         self._leaving = False
         self._listening = listening
         self._announced_weight = effective_weight(weight, load)
-        self._queued_packets = 0
-        self._queued_bytes = 0
-        # Sessions holding queued packets, in the order their queues began.
-        self._queued_sessions: OrderedDict[SessionKey, None] = OrderedDict()
         # This member's claims still waiting for acknowledgements, by counter.
         self._awaiting: OrderedDict[int, SessionKey] = OrderedDict()
         self._resync_until = now  # re-assertions are spread out from here on
-        self._loss_check_at: float | None = None  # the earliest peer.loss_check_at
         self._next_hello_at = now
         self._send_hello(now)
 
@@ -362,7 +358,7 @@ class ClaimMachine:
         if key is None:
             return self._fragment(record, packet, size, now)
         if record.fragment is not None:
-            self._remember_fragment(record.fragment, key, now)
+            self._fragments.remember(record.fragment, key, now)
         session = self._table.get(key)
         if session is not None and session.mine:
             if record.kind is _KIND_TCP and (
@@ -388,13 +384,13 @@ class ClaimMachine:
         return self._foreign_packet(session, record, packet, size, now)
 
     def handle_message(self, message: ClaimMessage, now: float) -> None:
-        """A claim, assertion or hello from another member (already authenticated)."""
+        """A claim, assertion, acknowledgement or hello from another member
+        (already authenticated). A claim is acknowledged at once (rule 3)."""
         if message.member_id == self.member_id:
             return  # our own, looped back: never a rival
         peer = self._peers.get(message.member_id)
-        if peer is not None:
-            peer.last_heard = now
-            self._track_counter(peer, message.counter, now)
+        if peer is not None and self._peers.heard(peer, message.counter, now):
+            self._messages_lost(peer, now)
         if isinstance(message, Hello):
             self._hello(message, now)
         elif isinstance(message, Claim):
@@ -413,17 +409,10 @@ class ClaimMachine:
             self._assertion(message, now)
         elif message.claimer == self.member_id and peer is not None:
             self.counters.acknowledgements_received += 1
-            if (
-                message.counter > peer.trust_after
-                and now >= peer.heard_since + self.settings.reorder_window
-                and len(peer.parked_acknowledgements) < MAX_MISSING
-            ):
-                peer.parked_acknowledgements.append(message.claim_counter)
-        if peer is not None and peer.parked_acknowledgements and not peer.missing:
-            # Every message the peer sent before its acknowledgements is here.
-            for claim_counter in peer.parked_acknowledgements:
+            self._peers.park_acknowledgement(peer, message.counter, message.claim_counter, now)
+        if peer is not None:
+            for claim_counter in self._peers.trusted_acknowledgements(peer):
                 self._acknowledged(peer.member_id, claim_counter, now)
-            peer.parked_acknowledgements.clear()
 
     def handle_timer(self, now: float, *, sessions: bool = True) -> None:
         """Run everything that is due at `now`.
@@ -438,18 +427,12 @@ class ClaimMachine:
             self._expire_peers(now)
             self._send_hello(now)
             self._recheck_claims(now)  # nobody waits for a member now gone
-        if self._loss_check_at is not None and now >= self._loss_check_at:
-            self._loss_check_at = None
-            for peer in list(self._peers.values()):
-                if peer.loss_check_at is not None:
-                    if now >= peer.loss_check_at:
-                        self._check_loss(peer, now)
-                    else:
-                        self._note_loss_check(peer.loss_check_at)
+        for peer in self._peers.due_losses(now):
+            self._messages_lost(peer, now)
         # Sessions last: the checks above may have made some due right now.
         while sessions and (session := self._table.pop_due(now)) is not None:
             self._session_timer(session, now)
-        self._expire_fragments(now)
+        self._fragments.expire(now)
 
     def update_local(
         self,
@@ -496,10 +479,12 @@ class ClaimMachine:
         deadline = self._table.next_deadline()
         if deadline is not None:
             candidates.append(deadline)
-        if self._loss_check_at is not None:
-            candidates.append(self._loss_check_at)
-        if self._fragments:
-            candidates.append(next(iter(self._fragments.values()))[1])
+        loss_check = self._peers.next_deadline()
+        if loss_check is not None:
+            candidates.append(loss_check)
+        fragment_expiry = self._fragments.next_deadline()
+        if fragment_expiry is not None:
+            candidates.append(fragment_expiry)
         return min(candidates)
 
     # ------------------------------------------------------------ observation
@@ -533,12 +518,12 @@ class ClaimMachine:
         return list(self._table)
 
     def peers(self, now: float) -> list[Peer]:
-        return [peer for peer in self._peers.values() if self._alive(peer, now)]
+        return self._peers.live(now)
 
     def knows(self, member_id: int, now: float) -> bool:
         """Whether `member_id` is a live peer: its acknowledgements are awaited."""
         peer = self._peers.get(member_id)
-        return peer is not None and self._alive(peer, now)
+        return peer is not None and self._peers.alive(peer, now)
 
     def statistics(self) -> dict[str, object]:
         counts = self._table.counts
@@ -548,8 +533,8 @@ class ClaimMachine:
             "foreign": counts[FOREIGN],
             "pending": counts[PENDING],
             "closing": counts[CLOSING],
-            "queued_packets": self._queued_packets,
-            "queued_bytes": self._queued_bytes,
+            "queued_packets": self._queues.packets,
+            "queued_bytes": self._queues.bytes,
             "fragments": len(self._fragments),
             "members": len(self._peers),
             "timer_entries": self._table.timer_entries,
@@ -580,14 +565,15 @@ class ClaimMachine:
             self.drops["table_full"] += 1
             return DROP
         self.counters.sessions_started += counted
-        session = Session(key, PENDING, now)
-        session.syn_sequence = record.sequence
         if not self._may_claim(key, now):
-            session.state = FOREIGN
+            session = Session(key, Phase.FOREIGN, now)
+            session.syn_sequence = record.sequence
             self._table.add(session)
             self._schedule_expiry(session)
             self.drops["not_claimed"] += 1
             return DROP
+        session = Session(key, Phase.WAITING, now)
+        session.syn_sequence = record.sequence
         self._table.add(session)
         digest_input = session_digest_input(key)
         session.my_score = rendezvous_score(digest_input, self.member_id, self._announced_weight)
@@ -621,15 +607,15 @@ class ClaimMachine:
             return True
         if now < self._started + 1.5 * self.settings.hello_interval:
             return False
-        return not any(self._alive(peer, now) and not peer.warming for peer in self._peers.values())
+        return not any(self._peers.alive(peer, now) and not peer.warming for peer in self._peers)
 
     def _claim_delay(self, session: Session, digest_input: bytes, now: float) -> float:
         step, limit = self.settings.claim_step, self.settings.max_claim_delay
         mine = (session.my_score, self.member_id)
         udp_like = session.key.transport != TCP
         rank = 0
-        for peer in self._peers.values():
-            if peer.draining or peer.weight <= 0 or not self._alive(peer, now):
+        for peer in self._peers:
+            if peer.draining or peer.weight <= 0 or not self._peers.alive(peer, now):
                 continue
             if udp_like and peer.warming:
                 continue
@@ -642,48 +628,7 @@ class ClaimMachine:
 
     def _enqueue(self, session: Session, packet: object, size: int) -> Verdict:
         """Keep a packet until the claim is decided; the oldest go first when full."""
-        settings = self.settings
-        if size > settings.max_queued_bytes:
-            self.drops["queue_full"] += 1
-            return DROP
-        if len(session.queue) >= settings.max_queued_per_session:
-            self._drop_oldest_queued(session)
-        while (
-            self._queued_packets >= settings.max_queued_packets
-            or self._queued_bytes + size > settings.max_queued_bytes
-        ):
-            oldest = self._table.get(next(iter(self._queued_sessions)))
-            assert oldest is not None
-            self._drop_oldest_queued(oldest)
-        if not session.queue:
-            self._queued_sessions[session.key] = None
-        session.queue.append((packet, size))
-        session.queued_bytes += size
-        self._queued_packets += 1
-        self._queued_bytes += size
-        return QUEUED
-
-    def _drop_oldest_queued(self, session: Session) -> None:
-        _, size = session.queue.popleft()
-        session.queued_bytes -= size
-        self._queued_packets -= 1
-        self._queued_bytes -= size
-        self.drops["queue_full"] += 1
-        if not session.queue:
-            del self._queued_sessions[session.key]
-
-    def _discard_queue(self, session: Session, reason: str) -> None:
-        self.drops[reason] += len(session.queue)
-        self._take_queue(session)
-
-    def _take_queue(self, session: Session) -> tuple[object, ...]:
-        packets = tuple(packet for packet, _ in session.queue)
-        self._queued_packets -= len(session.queue)
-        self._queued_bytes -= session.queued_bytes
-        session.queue.clear()
-        session.queued_bytes = 0
-        self._queued_sessions.pop(session.key, None)
-        return packets
+        return QUEUED if self._queues.add(session, packet, size) else DROP
 
     def _owned_tcp_control(
         self, session: Session, record: Classified, packet: object, size: int, now: float
@@ -726,7 +671,7 @@ class ClaimMachine:
                 self._table.mark_established(session)
         elif self._unconfirmed(session, now):
             return self._start_again(session, record, packet, size, now, same_session=True)
-        self.drops["foreign" if session.owner != NO_MEMBER else "not_claimed"] += 1
+        self.drops["foreign" if session.best_member != NO_MEMBER else "not_claimed"] += 1
         return DROP
 
     def _start_again(
@@ -748,9 +693,9 @@ class ClaimMachine:
         """
         rival = session.rival_claim
         self._remove(session)
-        if rival is not None and now - rival[2] < self.settings.reclaim_after:
+        if rival is not None and now - rival.at < self.settings.reclaim_after:
             self.counters.sessions_started += not same_session
-            self._learn_session(session.key, rival[0], rival[1], False, now)
+            self._learn_session(session.key, rival.member_id, rival.score, False, now)
             self.drops["foreign"] += 1
             return DROP
         return self._new_session(session.key, record, packet, size, now, counted=not same_session)
@@ -758,25 +703,24 @@ class ClaimMachine:
     def _close(self, session: Session, now: float) -> None:
         """The client ends the session (FIN or RST): keep it for fin_timeout."""
         if session.state is not CLOSING:
-            self._table.set_state(session, CLOSING)
+            self._table.move(session, Event.CLIENT_CLOSE)
             self._table.mark_established(session)  # no longer worth claiming again
             self._table.schedule(session, now + self.settings.fin_timeout)
 
     def _unconfirmed(self, session: Session, now: float) -> bool:
         """No owner asserted this session, and the last claim is old news."""
         return (
-            not session.owner_asserted
-            and now - session.owner_heard_at >= self.settings.reclaim_after
+            not session.best_asserted
+            and now - session.best_heard_at >= self.settings.reclaim_after
             and not session.established
         )
 
     def _fragment(self, record: Classified, packet: object, size: int, now: float) -> Verdict:
-        fragment = record.fragment
-        entry = self._fragments.get(fragment) if fragment is not None else None
-        if entry is None:
+        key = self._fragments.session_of(record.fragment)
+        if key is None:
             self.drops["unknown_fragment"] += 1
             return DROP
-        session = self._table.get(entry[0])
+        session = self._table.get(key)
         if session is not None and session.state is PENDING:
             # The rest of a first datagram: it waits with the first fragment.
             return self._enqueue(session, packet, size)
@@ -786,19 +730,6 @@ class ClaimMachine:
         session.last_seen = now
         self.counters.packets_injected += 1
         return INJECT
-
-    def _remember_fragment(self, fragment: FragmentKey, key: SessionKey, now: float) -> None:
-        self._fragments.pop(fragment, None)
-        self._fragments[fragment] = (key, now + self.settings.fragment_timeout)
-        if len(self._fragments) > self.settings.max_fragments:
-            self._fragments.popitem(last=False)
-
-    def _expire_fragments(self, now: float) -> None:
-        while self._fragments:
-            fragment, (_, expires) = next(iter(self._fragments.items()))
-            if expires > now:
-                return
-            del self._fragments[fragment]
 
     # ------------------------------------------------------------- messages
 
@@ -811,12 +742,10 @@ class ClaimMachine:
                 self._recheck_claims(now)
             return
         if peer is None:
-            if len(self._peers) >= self.settings.max_members:
-                oldest = min(self._peers.values(), key=lambda candidate: candidate.last_heard)
-                self._forget_peer(oldest)
-            peer = self._peers[hello.member_id] = Peer(hello.member_id, hello.counter, now)
+            if self._peers.is_full:
+                self._forget_peer(self._peers.oldest())
+            peer, last_heard = self._peers.meet(hello.member_id, hello.counter, now)
             peer.known_from_counter = self._counter + 1
-            last_heard = self._departed.pop(hello.member_id, None)
             if last_heard is not None:
                 # A member we had given up on (a partition): everything it
                 # sent since is lost, as in a counter gap.
@@ -851,19 +780,19 @@ class ClaimMachine:
             return
         if session.state is not PENDING:
             # Most likely a new connection on a reused port (see _start_again).
-            session.rival_claim = (claim.member_id, claim.score, now)
+            session.rival_claim = HeardClaim(claim.member_id, claim.score, now)
         if session.mine:
             self._answer(session, now)
             return
         if session.state is PENDING:
-            if bid > (session.owner_score, session.owner):
-                _hear_owner(session, claim.member_id, claim.score, now)
-            if not session.claim_sent:
+            if bid > (session.best_score, session.best_member):
+                _hear_bid(session, claim.member_id, claim.score, now)
+            if session.phase is Phase.WAITING:
                 # Someone claimed before our turn: stay silent.
                 self._lose(session, now)
             return
-        if not session.owner_asserted and bid > (session.owner_score, session.owner):
-            _hear_owner(session, claim.member_id, claim.score, now)
+        if not session.best_asserted and bid > (session.best_score, session.best_member):
+            _hear_bid(session, claim.member_id, claim.score, now)
 
     def _assertion(self, assertion: Assertion, now: float) -> None:
         session = self._table.get(assertion.session)
@@ -876,33 +805,30 @@ class ClaimMachine:
             if bid > (session.my_score, self.member_id):
                 self.counters.conflicts_yielded += 1
                 self._reset_local(session)
-                session.mine = False
-                _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
+                self._table.move(session, Event.YIELD)
+                _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
                 session.next_assertion_at = None
-                if session.state is OWNED:
-                    self._table.set_state(session, FOREIGN)
-                self._table.note_ownership(session)
                 self._schedule_expiry(session)
             else:
                 self._answer(session, now)
             return
         if session.state is PENDING:
-            _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
+            _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
             self._lose(session, now)
             return
         # A bystander keeps the best asserted owner: after a conflict it is
         # the one that stays.
-        if not session.owner_asserted or bid > (session.owner_score, session.owner):
-            _hear_owner(session, assertion.member_id, assertion.score, now, asserted=True)
+        if not session.best_asserted or bid > (session.best_score, session.best_member):
+            _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
 
     def _learn_session(
         self, key: SessionKey, owner: int, score: float, asserted: bool, now: float
     ) -> None:
         if self._table.is_full and not self._evict_one():
             return
-        session = Session(key, FOREIGN, now)
-        session.owner, session.owner_score = owner, score
-        session.owner_asserted = asserted
+        session = Session(key, Phase.FOREIGN, now)
+        session.best_member, session.best_score = owner, score
+        session.best_asserted = asserted
         if asserted:
             # Only a session that already runs is asserted; its client may
             # never send another start packet, so it counts as established.
@@ -921,13 +847,17 @@ class ClaimMachine:
     def _session_timer(self, session: Session, now: float) -> None:
         state = session.state
         if state is PENDING:
-            if session.claim_at is not None and now >= session.claim_at and not session.claim_sent:
+            if (
+                session.phase is Phase.WAITING
+                and session.claim_at is not None
+                and now >= session.claim_at
+            ):
                 if self._may_claim(session.key, now):
                     self._send_claim(session, now)
                 else:
                     self._decline(session)
             elif session.decide_at is not None and now >= session.decide_at:
-                self._time_out(session, now)
+                self._decision_due(session, now)
             else:
                 self._reschedule_pending(session)
             return
@@ -947,7 +877,7 @@ class ClaimMachine:
         self._table.schedule(session, expires)
 
     def _reschedule_pending(self, session: Session) -> None:
-        at = session.decide_at if session.claim_sent else session.claim_at
+        at = session.decide_at if session.phase is Phase.CLAIMING else session.claim_at
         if at is not None:
             self._table.schedule(session, at)
 
@@ -965,7 +895,7 @@ class ClaimMachine:
         self._table.schedule(session, self._expiry(session))
 
     def _send_claim(self, session: Session, now: float) -> None:
-        session.claim_sent = True
+        self._table.move(session, Event.TURN)
         session.claim_at = None
         session.claimed_at = now
         session.decide_at = now + self.settings.ack_timeout
@@ -994,16 +924,19 @@ class ClaimMachine:
         return any(
             peer.known_from_counter <= session.claim_counter
             and peer.member_id not in acknowledged_by
-            and self._alive(peer, now)
-            for peer in self._peers.values()
+            and self._peers.alive(peer, now)
+            for peer in self._peers
         )
 
     def _check_acknowledged(self, session: Session, now: float) -> None:
-        """Once every live member acknowledged the claim, decide it at `guard`
-        after it was sent (or now, if later), on a timer: the shell runs timers
-        only with the TAP drained, so the decision sees every claim at hand."""
-        if not self._unacknowledged(session, now):
-            self._decide_earlier(session, max(session.claimed_at + self.settings.guard, now))
+        """Ask the decision rule whether the claim may be decided sooner than
+        `ack_timeout`. Decisions run on a timer: the shell runs timers only
+        with the TAP drained, so the decision sees every claim at hand."""
+        due = self._decision_rule.decision_time(
+            session.claimed_at, not self._unacknowledged(session, now), now, self.settings
+        )
+        if due is not None:
+            self._decide_earlier(session, due)
 
     def _decide_earlier(self, session: Session, due: float) -> None:
         """Move the claim's decision to `due`, if that is sooner."""
@@ -1018,9 +951,10 @@ class ClaimMachine:
             if session is not None and session.state is PENDING:
                 self._check_acknowledged(session, now)
 
-    def _time_out(self, session: Session, now: float) -> None:
-        """The claim's decision time: `guard` after it was sent once every live
-        member acknowledged it, or else `ack_timeout`.
+    def _decision_due(self, session: Session, now: float) -> None:
+        """The claim's decision time has come: `guard` after it was sent once
+        every live member acknowledged it, or else `ack_timeout` (counted as
+        decided on timeout).
 
         A member that died a moment ago counts as live until member_timeout,
         so claims pay the whole ack_timeout until then (skipping a silent member
@@ -1034,20 +968,19 @@ class ClaimMachine:
     def _decide(self, session: Session, now: float) -> None:
         self._awaiting.pop(session.claim_counter, None)
         session.acknowledged_by = None
-        rival = (session.owner_score, session.owner)
-        if session.owner != NO_MEMBER and rival > (session.my_score, self.member_id):
+        rival = (session.best_score, session.best_member)
+        if session.best_member != NO_MEMBER and rival > (session.my_score, self.member_id):
             self._lose(session, now)
             return
         self.counters.claims_won += 1
-        session.mine = True
-        session.owner, session.owner_score = self.member_id, session.my_score
-        session.owner_asserted = True
+        session.best_member, session.best_score = self.member_id, session.my_score
+        session.best_asserted = True
         session.decide_at = None
         session.won_at = now
-        self._table.set_state(session, OWNED)
+        self._table.move(session, Event.WIN)
         if session.key.transport != TCP:
             self._table.mark_established(session)
-        packets = self._take_queue(session)
+        packets = self._queues.take(session)
         if packets:
             self.counters.packets_injected += len(packets)
             self._actions.append(InjectPackets(session.key, packets))
@@ -1075,19 +1008,19 @@ class ClaimMachine:
     def _decline(self, session: Session) -> None:
         """This member began draining, or its service stopped listening, before
         its turn to claim: it stays silent, as if it had never been a candidate."""
-        self._discard_queue(session, "not_claimed")
+        self._queues.discard(session, "not_claimed")
         session.claim_at = None
-        self._table.set_state(session, FOREIGN)
+        self._table.move(session, Event.DECLINE)
         self._schedule_expiry(session)
 
     def _lose(self, session: Session, now: float) -> None:
-        if session.claim_sent:
+        if session.phase is Phase.CLAIMING:
             self.counters.claims_lost += 1
             self._awaiting.pop(session.claim_counter, None)
             session.acknowledged_by = None
-        self._discard_queue(session, "lost_claim")
+        self._queues.discard(session, "lost_claim")
         session.claim_at = session.decide_at = None
-        self._table.set_state(session, FOREIGN)
+        self._table.move(session, Event.LOSE)
         self._schedule_expiry(session)
 
     def _send_assertion(self, session: Session) -> None:
@@ -1096,13 +1029,9 @@ class ClaimMachine:
 
     # ----------------------------------------------------------------- peers
 
-    def _alive(self, peer: Peer, now: float) -> bool:
-        return now - peer.last_heard <= self.settings.member_timeout
-
     def _expire_peers(self, now: float) -> None:
-        for peer in list(self._peers.values()):
-            if not self._alive(peer, now):
-                self._forget_peer(peer)
+        for peer in self._peers.expired(now):
+            self._forget_peer(peer)
 
     def _forget_peer(self, peer: Peer) -> None:
         """A member is gone, and so are its sessions: its kernel state died with it.
@@ -1110,15 +1039,12 @@ class ClaimMachine:
         Forgetting them lets a UDP flow of a dead owner be claimed afresh;
         mid-stream TCP packets of its sessions stay unclaimable.
         """
-        del self._peers[peer.member_id]
-        self._departed[peer.member_id] = peer.last_heard
-        if len(self._departed) > self.settings.max_members:
-            self._departed.popitem(last=False)
+        self._peers.forget(peer)
         for session in self._table:
-            if not session.mine and session.owner == peer.member_id:
+            if not session.mine and session.best_member == peer.member_id:
                 if session.state is PENDING:
                     # Its claim no longer competes with ours.
-                    session.owner, session.owner_score = NO_MEMBER, -1.0
+                    session.best_member, session.best_score = NO_MEMBER, -1.0
                 else:
                     self._remove(session)
 
@@ -1138,63 +1064,11 @@ class ClaimMachine:
             )
         )
 
-    def _track_counter(self, peer: Peer, counter: int, now: float) -> None:
-        """Notice messages from `peer` that never arrived.
-
-        A gap in the counter may be reordering; it is a loss only if still
-        open after `reorder_window`.
-        """
-        last = peer.last_counter
-        if counter > last:
-            if counter > last + 1:
-                if not peer.missing:
-                    peer.gap_since = peer.in_order_at
-                if len(peer.missing) + counter - last - 1 > MAX_MISSING:
-                    peer.missing.clear()
-                    peer.parked_acknowledgements.clear()
-                    peer.trust_after = counter
-                    peer.heard_since = now  # the skipped messages may still be in flight
-                    self._messages_lost(peer, now)
-                else:
-                    peer.missing.update(dict.fromkeys(range(last + 1, counter), now))
-                    if peer.loss_check_at is None:
-                        peer.loss_check_at = now + self.settings.reorder_window
-                        self._note_loss_check(peer.loss_check_at)
-            peer.last_counter = counter
-        else:
-            peer.missing.pop(counter, None)
-        if not peer.missing:
-            peer.in_order_at = now
-            peer.loss_check_at = None
-
-    def _note_loss_check(self, at: float) -> None:
-        if self._loss_check_at is None or at < self._loss_check_at:
-            self._loss_check_at = at
-
-    def _check_loss(self, peer: Peer, now: float) -> None:
-        peer.loss_check_at = None
-        if not peer.missing:
-            return
-        # Each gap gets its whole reorder window, even one that opened while
-        # an older gap (since filled) was being waited for.
-        due = min(peer.missing.values()) + self.settings.reorder_window
-        if now < due:
-            peer.loss_check_at = due
-            self._note_loss_check(due)
-            return
-        peer.missing.clear()
-        # A lost message may have been its claim: its acknowledgements so far
-        # prove nothing, and our claims wait for `ack_timeout`.
-        peer.parked_acknowledgements.clear()
-        peer.trust_after = peer.last_counter
-        self._messages_lost(peer, now)
-
     def _messages_lost(self, peer: Peer, now: float) -> None:
         """Some of `peer`'s messages are lost: perhaps a claim for a session we
         won meanwhile. Re-assert those sessions, so that one assertion likely
         gets through; if the peer owns one too, the lower bid yields.
         """
-        peer.in_order_at = now
         self._reassert(
             since=peer.gap_since - self.settings.guard,
             plan=self.settings.resync_repeats,
@@ -1248,7 +1122,7 @@ class ClaimMachine:
             return False
         if victim.mine:
             self._reset_local(victim)
-        self._discard_queue(victim, "table_full")
+        self._queues.discard(victim, "table_full")
         self._remove(victim)
         return True
 
@@ -1260,10 +1134,10 @@ class ClaimMachine:
             )
 
     def _remove(self, session: Session) -> None:
-        if session.state is PENDING and session.claim_sent:
+        if session.phase is Phase.CLAIMING:
             self._awaiting.pop(session.claim_counter, None)
         if session.queue:
-            self._discard_queue(session, "aborted")
+            self._queues.discard(session, "aborted")
         self._table.remove(session)
 
     def _send(self, message: ClaimMessage) -> None:
@@ -1279,10 +1153,9 @@ class ClaimMachine:
         table = self._table
         if len(table) > settings.max_sessions:
             return f"sessions: {len(table)} > {settings.max_sessions}"
-        if self._queued_packets > settings.max_queued_packets:
-            return f"queued packets: {self._queued_packets} > {settings.max_queued_packets}"
-        if self._queued_bytes > settings.max_queued_bytes:
-            return f"queued bytes: {self._queued_bytes} > {settings.max_queued_bytes}"
+        queues = self._queues.bound_violation()
+        if queues is not None:
+            return queues
         if len(self._peers) > settings.max_members:
             return f"members: {len(self._peers)} > {settings.max_members}"
         if len(self._awaiting) > settings.max_sessions:
@@ -1291,10 +1164,4 @@ class ClaimMachine:
             return f"fragments: {len(self._fragments)} > {settings.max_fragments}"
         if table.timer_entries > table.timer_limit:
             return f"timer entries: {table.timer_entries} for {len(table)} sessions"
-        for key in self._queued_sessions:
-            session = table.get(key)
-            if session is None or not session.queue:
-                return f"queue bookkeeping lost {key}"
-            if len(session.queue) > settings.max_queued_per_session:
-                return f"queue of {key}: {len(session.queue)} packets"
         return None

@@ -2,7 +2,9 @@
 
 It owns the records and the bookkeeping (counts by state, the timer heap,
 eviction order) but no protocol rules: `protocols.claim_machine` decides what
-happens to a session. Nothing here reads a clock; deadlines are plain floats.
+happens to a session, and a session changes phase only through `move`, by the
+table in `protocols.session_lifecycle`. Nothing here reads a clock; deadlines
+are plain floats.
 
 Timers are lazy: a session has at most one live entry in the heap (its
 `timer_at`); entries whose deadline no longer matches are skipped when they
@@ -17,15 +19,26 @@ import heapq
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from enum import Enum
+from typing import NamedTuple
 
 from protocols.session_key import SessionKey
+from protocols.session_lifecycle import (
+    CLOSING_PHASES,
+    SERVED_HERE,
+    UNDECIDED,
+    Event,
+    Phase,
+    next_phase,
+)
 
 
 class SessionState(Enum):
+    """A coarse view of the phase, for counts, status and eviction."""
+
     PENDING = "pending"  # a claim is being decided; packets wait in the queue
     OWNED = "owned"  # this member serves it: packets go to the local kernel
     FOREIGN = "foreign"  # another member serves it (or nobody yet): packets are dropped
-    CLOSING = "closing"  # the client sent FIN: kept for fin_timeout, then forgotten
+    CLOSING = "closing"  # the client sent FIN or RST: kept for fin_timeout, then forgotten
 
     # Enum's own __hash__ is Python code that hashes the name; members are
     # singletons, so identity will do, at C speed (the table counts by state).
@@ -39,6 +52,32 @@ CLOSING = SessionState.CLOSING
 
 NO_MEMBER = -1
 
+STATE_OF_PHASE = {
+    phase: (
+        PENDING
+        if phase in UNDECIDED
+        else CLOSING
+        if phase in CLOSING_PHASES
+        else OWNED
+        if phase in SERVED_HERE
+        else FOREIGN
+    )
+    for phase in Phase
+}
+
+
+class QueuedPacket(NamedTuple):
+    packet: object  # what the shell handed in (a TAP frame); given back unchanged
+    size: int
+
+
+class HeardClaim(NamedTuple):
+    """A rival's claim heard for a session already decided here."""
+
+    member_id: int
+    score: float
+    at: float
+
 
 class Session:
     """One session as this member sees it."""
@@ -46,9 +85,12 @@ class Session:
     __slots__ = (
         "acknowledged_by",
         "answered_at",
+        "best_asserted",
+        "best_heard_at",
+        "best_member",
+        "best_score",
         "claim_at",
         "claim_counter",
-        "claim_sent",
         "claimed_at",
         "decide_at",
         "established",
@@ -57,10 +99,7 @@ class Session:
         "mine",
         "my_score",
         "next_assertion_at",
-        "owner",
-        "owner_asserted",
-        "owner_heard_at",
-        "owner_score",
+        "phase",
         "queue",
         "queued_bytes",
         "repeat_base",
@@ -74,30 +113,33 @@ class Session:
         "won_at",
     )
 
-    def __init__(self, key: SessionKey, state: SessionState, now: float) -> None:
+    def __init__(self, key: SessionKey, phase: Phase, now: float) -> None:
         self.key = key
-        self.state = state
+        # The phase is the truth; `state` and `mine` follow it (SessionTable.move
+        # keeps them in step) because the per-packet path reads them.
+        self.phase = phase
+        self.state = STATE_OF_PHASE[phase]
+        self.mine = phase in SERVED_HERE
         self.started = now
         self.last_seen = now
-        # Ownership: `mine` is true while this member serves it (OWNED, or
-        # CLOSING after OWNED). Otherwise `owner` is the best claim or
-        # assertion heard, NO_MEMBER when none was.
-        self.mine = False
-        self.owner = NO_MEMBER
-        self.owner_score = -1.0
-        self.owner_asserted = False
-        self.owner_heard_at = now
+        # The best bid heard for it, (best_score, best_member): this member's
+        # own once it won, else the best claim or assertion heard (NO_MEMBER
+        # when none was); `best_asserted` once that bid was an assertion, that
+        # is, an owner's and not only a claimer's.
+        self.best_member = NO_MEMBER
+        self.best_score = -1.0
+        self.best_asserted = False
+        self.best_heard_at = now
         # This member's own bid.
         self.my_score = 0.0
-        self.claim_sent = False
         self.claim_counter = 0  # the counter of this member's claim message
         self.claimed_at = 0.0
         self.acknowledged_by: set[int] | None = None  # who acknowledged our pending claim
-        # The last claim heard for this key once it was decided (member id,
-        # score, when): a claim for a new connection on a reused port.
-        self.rival_claim: tuple[int, float, float] | None = None
-        self.claim_at: float | None = None
-        self.decide_at: float | None = None
+        # The last claim heard for this key once it was decided: a claim for a
+        # new connection on a reused port.
+        self.rival_claim: HeardClaim | None = None
+        self.claim_at: float | None = None  # WAITING: when this member's turn comes
+        self.decide_at: float | None = None  # CLAIMING: when the claim is decided
         self.won_at: float | None = None
         # Repeated assertions: at repeat_base + each offset of repeat_plan.
         self.next_assertion_at: float | None = None
@@ -109,12 +151,18 @@ class Session:
         # acknowledged (handshake done). UDP flows count as established at once.
         self.syn_sequence = 0
         self.established = False
-        self.queue: deque[tuple[object, int]] = deque()  # (packet, size)
+        self.queue: deque[QueuedPacket] = deque()
         self.queued_bytes = 0
         self.timer_at: float | None = None
 
+    @property
+    def owner(self) -> int:
+        """Who serves it as far as this member knows: itself once it won, else
+        the best bid heard (NO_MEMBER if none)."""
+        return self.best_member
+
     def __repr__(self) -> str:
-        return f"<Session {self.key} {self.state.value} owner={self.owner:x} mine={self.mine}>"
+        return f"<Session {self.key} {self.phase.value} best={self.best_member:x}>"
 
 
 class SessionTable:
@@ -178,11 +226,15 @@ class SessionTable:
             session.timer_at = None
             self._bound_timers()
 
-    def set_state(self, session: Session, state: SessionState) -> None:
-        """Change state; call it after changing `mine`, so eviction order follows."""
+    def move(self, session: Session, event: Event) -> None:
+        """Change the session's phase by the lifecycle table; counts and
+        eviction order follow."""
+        phase = next_phase(session.phase, event)
         self.counts[session.state] -= 1
-        session.state = state
-        self.counts[state] += 1
+        session.phase = phase
+        session.state = STATE_OF_PHASE[phase]
+        session.mine = phase in SERVED_HERE
+        self.counts[session.state] += 1
         self.note_ownership(session)
 
     def mark_established(self, session: Session) -> None:

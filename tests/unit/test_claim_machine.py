@@ -428,7 +428,7 @@ def test_pending_claimer_yields_to_any_assertion(factor: float) -> None:
     assert not machine.owns(key)
     session = session_of(machine, key)
     assert session.state is FOREIGN
-    assert (session.owner, session.owner_score) == (RIVAL, asserted)
+    assert (session.owner, session.best_score) == (RIVAL, asserted)
     assert machine.counters.claims_lost == 1
     assert machine.counters.claims_won == 0
     assert machine.drops["lost_claim"] == 1
@@ -468,7 +468,7 @@ def test_owner_yields_to_a_higher_assertion_and_resets_locally(
     assert not machine.owns(key)
     session = session_of(machine, key)
     assert session.state is FOREIGN
-    assert (session.owner, session.owner_score) == (RIVAL, higher)
+    assert (session.owner, session.best_score) == (RIVAL, higher)
     assert machine.counters.conflicts == 1
     assert machine.counters.conflicts_yielded == 1
     assert machine.handle_client_packet(tcp(key, ACK), "ack", 54, 0.31) is Verdict.DROP

@@ -20,9 +20,11 @@ import struct
 from dataclasses import dataclass, field
 
 from protocols.claim_machine import (
+    ACKNOWLEDGED,
     ClaimMachine,
     ClaimSettings,
     InjectPackets,
+    MemberMachine,
     ResetLocalSession,
     SendMessage,
     Verdict,
@@ -32,7 +34,7 @@ from protocols.numbers import TcpFlags
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Assertion, Claim, ClaimMessage
 from tools.sim.first_seen import FirstSeenMachine
-from tools.sim.fixed_guard import FixedGuardMachine
+from tools.sim.fixed_guard import FIXED_GUARD
 from tools.sim.invariants import InvariantChecker, Violation
 from tools.sim.scenario import GIVE_UP_AFTER, Scenario
 
@@ -67,7 +69,7 @@ class SimMember:
     weight: float
     load: float
     listening: set[tuple[int, int]]
-    machine: ClaimMachine | FirstSeenMachine | None = None
+    machine: MemberMachine | None = None
     generation: int = 0
     wake_at: float = float("inf")
     started_at: float = 0.0
@@ -213,13 +215,12 @@ class SimulatedCluster:
 
     # ---------------------------------------------------------------- members
 
-    def new_machine(self, member: SimMember) -> ClaimMachine | FirstSeenMachine:
+    def new_machine(self, member: SimMember) -> MemberMachine:
         member_id = self.rng.getrandbits(64)
         listening = frozenset(member.listening)
         if self.policy == "first-seen":
             return FirstSeenMachine(member_id, self.now, listening=listening)
-        machine = FixedGuardMachine if self.policy == "fixed-guard" else ClaimMachine
-        return machine(
+        return ClaimMachine(
             member_id,
             self.settings,
             self.now,
@@ -227,6 +228,7 @@ class SimulatedCluster:
             load=member.load,
             draining=member.draining,
             listening=listening,
+            decision_rule=FIXED_GUARD if self.policy == "fixed-guard" else ACKNOWLEDGED,
         )
 
     def start_member(self, member: SimMember) -> None:
