@@ -106,14 +106,19 @@ def _ipv4(
             return Classified(FrameKind.ICMP_ERROR, key, 0, network, transport + 8)
         return OTHER
     if packet.protocol == claim_protocol:
-        return Classified(
-            FrameKind.CLAIM,
-            network_offset=network,
-            payload_offset=transport,
-            address=source,
-            payload_end=transport + len(packet.payload),
-        )
+        return _claim(network, transport, source, packet.payload)
     return OTHER
+
+
+def _claim(network: int, transport: int, source: bytes, payload: bytes) -> Classified:
+    """A claim message: where it starts and ends, and who sent it."""
+    return Classified(
+        FrameKind.CLAIM,
+        network_offset=network,
+        payload_offset=transport,
+        address=source,
+        payload_end=transport + len(payload),
+    )
 
 
 def _transport(
@@ -217,13 +222,7 @@ def _ipv6(
             return _icmpv6_error(message.body[4:], cluster, network, transport)
         return OTHER
     if packet.next_header == claim_protocol:
-        return Classified(
-            FrameKind.CLAIM,
-            network_offset=network,
-            payload_offset=transport,
-            address=source,
-            payload_end=transport + len(packet.payload),
-        )
+        return _claim(network, transport, source, packet.payload)
     return OTHER
 
 
