@@ -16,9 +16,10 @@ increases by one with every message a member sends. Then a body by type:
 When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
 (truncated HMAC-SHA256 of everything before it) ends the message.
 
-`CLAIM_MESSAGE` is the specification. Claims are not per-packet, but a busy
-cluster sends two or three per new session, and construct costs tens of
-microseconds a message, so `encode_message` and `decode_message` use
+`CLAIM_MESSAGE` is the specification. Claim messages are not per-packet, but
+every new session costs each member a claim or an acknowledgement to send
+and every other member's to read (N + 2 sent, (N + 2)(N - 1) read, for N
+members), and construct costs tens of microseconds a message, so `encode_message` and `decode_message` use
 `struct` at fixed offsets; tests check them against the declaration.
 """
 
