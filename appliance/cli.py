@@ -17,6 +17,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.errors import UserError
+from appliance.operations.status import SessionListing, StatusReport, member_hex
 
 DESCRIPTION = """\
 Share one cluster IP address between Linux hosts on one Ethernet segment,
@@ -154,10 +155,16 @@ def dispatch(arguments: argparse.Namespace) -> int:
         if command == "sessions":
             request["limit"] = arguments.limit
         response = control_request(arguments.control_socket, request)
-        if arguments.json:
-            print(json.dumps(response, indent=2))
+        # Read into the typed report first: an answer of another shape ends in
+        # one line, and --json prints exactly the documented fields.
+        report: StatusReport | SessionListing
+        if command == "status":
+            report = StatusReport.from_json(response)
+            text = format_status(report)
         else:
-            print(format_status(response) if command == "status" else format_sessions(response))
+            report = SessionListing.from_json(response)
+            text = format_sessions(report)
+        print(json.dumps(report.to_json(), indent=2) if arguments.json else text)
         return 0
     if command in ("drain", "undrain"):
         return drain(arguments)
@@ -233,61 +240,55 @@ def drain(arguments: argparse.Namespace) -> int:
     if arguments.command == "undrain":
         print("claiming new sessions again")
         return 0
-    owned = response["sessions"]["serving"]
-    print(f"draining: no new sessions; {owned} running session(s) left")
+    status = StatusReport.from_json(response)
+    print(f"draining: no new sessions; {status.sessions.serving} running session(s) left")
     if not arguments.wait:
         return 0
     deadline = time.monotonic() + arguments.timeout
-    while not response["drained"]:
+    while not status.drained:
         if time.monotonic() > deadline:
-            raise UserError(f"still {owned} session(s) after {arguments.timeout:g}s")
+            raise UserError(
+                f"still {status.sessions.serving} session(s) after {arguments.timeout:g}s"
+            )
         time.sleep(1.0)
-        response = control_request(arguments.control_socket, {"command": "status"})
-        owned = response["sessions"]["serving"]
+        status = StatusReport.from_json(
+            control_request(arguments.control_socket, {"command": "status"})
+        )
     print("drained: no session left")
     return 0
 
 
-def format_status(status: dict[str, Any]) -> str:
-    state = (
-        "draining" + (" (drained)" if status["drained"] else "")
-        if status["draining"]
-        else "serving"
-    )
-    if status["warming"]:
+def format_status(status: StatusReport) -> str:
+    state = "draining" + (" (drained)" if status.drained else "") if status.draining else "serving"
+    if status.warming:
         state += ", warming up"
     lines = [
-        f"cluster {status['cluster_ip']} (MAC {status['cluster_mac']}) on {status['bridge']} "
-        f"({status['interface']}): {state}",
-        f"this member: {status['member_id']}, up {status['uptime']:.0f}s"
-        + (", claims authenticated" if status["authenticated"] else ""),
-        "listening on: " + (" ".join(status["listening"]) or "nothing (claims ICMP only)"),
+        f"cluster {status.cluster_ip} (MAC {status.cluster_mac}) on {status.bridge} "
+        f"({status.interface}): {state}",
+        f"this member: {member_hex(status.member_id)}, up {status.uptime:.0f}s"
+        + (", claims authenticated" if status.authenticated else ""),
+        "listening on: " + (" ".join(status.listening) or "nothing (claims ICMP only)"),
         "",
         f"  {'member':18} {'address':15} {'last seen':>9} {'weight':>7} {'share':>6}",
     ]
-    for member in status["members"]:
-        seen = "self" if member["self"] else f"{member['last_seen']:.1f}s"
-        flag = " draining" if member["draining"] else ""
+    for member in status.members:
+        seen = "self" if member.is_self else f"{member.last_seen:.1f}s"
+        flag = " draining" if member.draining else ""
         lines.append(
-            f"  {member['member_id']:18} {member['address'] or '?':15} {seen:>9} "
-            f"{member['weight']:7.2f} {member['share']:6.1%}{flag}"
+            f"  {member_hex(member.member_id):18} {member.address or '?':15} {seen:>9} "
+            f"{member.weight:7.2f} {member.share:6.1%}{flag}"
         )
-    sessions, counters, drops, frames = (
-        status["sessions"],
-        status["counters"],
-        status["drops"],
-        status["frames"],
-    )
+    sessions, counters, frames = status.sessions, status.counters, status.frames
     lines += [
         "",
-        f"sessions: {sessions['owned']} owned, {sessions['foreign']} foreign, "
-        f"{sessions['pending']} pending, {sessions['closing']} closing",
+        f"sessions: {sessions.owned} owned, {sessions.foreign} foreign, "
+        f"{sessions.pending} pending, {sessions.closing} closing",
         f"claims: {counters['claims_sent']} sent, {counters['claims_won']} won, "
         f"{counters['claims_lost']} lost, {counters['conflicts']} in conflict "
         f"({counters['conflicts_yielded']} yielded), {counters['decided_on_timeout']} decided "
         f"on timeout; assertions {counters['assertions_sent']} sent, "
         f"{counters['assertions_received']} received",
-        "drops: " + ", ".join(f"{reason} {count}" for reason, count in drops.items()),
+        "drops: " + ", ".join(f"{reason} {count}" for reason, count in status.drops.items()),
         f"frames: {frames['frames']} read, {frames['malformed']} malformed, "
         f"{frames['claims_malformed']} bad claims, {frames['auth_failures']} authentication "
         f"failures, {frames['arp_replies']} ARP replies, {counters['packets_injected']} packets "
@@ -296,13 +297,16 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_sessions(response: dict[str, Any]) -> str:
+def format_sessions(listing: SessionListing) -> str:
     lines = [f"  {'session':50} {'state':8} {'owner':18} {'age':>8} {'idle':>8}"]
-    for session in response["sessions"]:
-        owner = "self" if session["mine"] else session["owner"] or "(none)"
+    for session in listing.sessions:
+        if session.mine:
+            owner = "self"
+        else:
+            owner = "(none)" if session.owner is None else member_hex(session.owner)
         lines.append(
-            f"  {session['session']:50} {session['state']:8} {owner:18} "
-            f"{session['age']:8.1f} {session['idle']:8.1f}"
+            f"  {session.session:50} {session.state:8} {owner:18} "
+            f"{session.age:8.1f} {session.idle:8.1f}"
         )
-    lines.append(f"{len(response['sessions'])} of {response['total']} sessions")
+    lines.append(f"{len(listing.sessions)} of {listing.total} sessions")
     return "\n".join(lines)

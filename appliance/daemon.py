@@ -37,6 +37,14 @@ from appliance.host.netlink import (
 from appliance.host.notify import Notifier
 from appliance.operations.control import ControlServer
 from appliance.operations.metrics import MetricsServer
+from appliance.operations.status import (
+    MemberReport,
+    QueueReport,
+    SessionCounts,
+    SessionListing,
+    SessionReport,
+    StatusReport,
+)
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import ClaimMachine
 from protocols.classifier import Classifier
@@ -232,37 +240,52 @@ class Daemon:
     def status_line(self) -> str:
         if self.plane is None:
             return "starting"
-        statistics = self.machine.statistics()
-        members = len(self.machine.peers(trio.current_time())) + 1
-        state = "draining" if self.machine.draining else "serving"
+        report = self.status(trio.current_time())
+        state = "draining" if report.draining else "serving"
         return (
-            f"{state} {self.config.cluster_ip}: {statistics['owned']} sessions owned, "
-            f"{members} members"
+            f"{state} {report.cluster_ip}: {report.sessions.owned} sessions owned, "
+            f"{len(report.members)} members"
         )
 
-    def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle_control(self, request: dict[str, Any]) -> StatusReport | SessionListing:
+        """One control command; UserError for a request the daemon cannot serve."""
         command = request["command"]
         if self.plane is None:
-            return {"error": "the daemon is still starting"}
+            raise UserError("the daemon is still starting")
         now = trio.current_time()
         if command == "status":
             return self.status(now)
         if command == "sessions":
             limit = request.get("limit", 1000)
             if not isinstance(limit, int):
-                return {"error": f"limit must be a whole number, not {limit!r}"}
+                raise UserError(f"limit must be a whole number, not {limit!r}")
             return self.sessions(now, limit)
         if command in ("drain", "undrain"):
             self.machine.update_local(now, draining=command == "drain")
             self.plane.wake()
             log.info("%s requested over the control socket", command)
             return self.status(now)
-        return {"error": f"unknown command {command!r}"}
+        raise UserError(f"unknown command {command!r}")
 
-    def status(self, now: float) -> dict[str, Any]:
+    def status(self, now: float) -> StatusReport:
+        """The status report. The one place that reads the claim machine's
+        statistics(), an untyped dict: its shape is checked here."""
         assert self.plane is not None
         machine = self.machine
         statistics = machine.statistics()
+
+        def count(name: str) -> int:
+            value = statistics[name]
+            if not isinstance(value, int):
+                raise TypeError(f"ClaimMachine.statistics()[{name!r}] is {value!r}, not a count")
+            return value
+
+        def tally(name: str) -> dict[str, int]:
+            value = statistics[name]
+            if not isinstance(value, dict):
+                raise TypeError(f"ClaimMachine.statistics()[{name!r}] is {value!r}, not a dict")
+            return {str(key): int(number) for key, number in value.items()}
+
         owners: dict[int, int] = {}
         serving = 0  # sessions this member injects: owned, or closing after owned
         for session in machine.sessions():
@@ -273,71 +296,68 @@ class Daemon:
         total = sum(owners.values()) or 1
         config = self.config
         members = [
-            {
-                "member_id": f"{self.member_id:016x}",
-                "self": True,
-                "address": str(self.plane.builder.member_ip),
-                "last_seen": 0.0,
-                "weight": machine.announced_weight,
-                "draining": machine.draining,
-                "share": owners.get(self.member_id, 0) / total,
-            }
-        ]
-        for peer in machine.peers(now):
-            members.append(
-                {
-                    "member_id": f"{peer.member_id:016x}",
-                    "self": False,
-                    "address": self.plane.address_of(peer.member_id),
-                    "last_seen": round(now - peer.last_heard, 3),
-                    "weight": peer.weight,
-                    "draining": peer.draining,
-                    "share": owners.get(peer.member_id, 0) / total,
-                }
+            MemberReport(
+                member_id=self.member_id,
+                is_self=True,
+                address=str(self.plane.builder.member_ip),
+                last_seen=0.0,
+                weight=float(machine.announced_weight),
+                draining=machine.draining,
+                share=owners.get(self.member_id, 0) / total,
             )
-        return {
-            "cluster_ip": str(config.cluster_ip),
-            "cluster_mac": str(self.cluster_mac),
-            "member_id": f"{self.member_id:016x}",
-            "interface": config.interface,
-            "bridge": config.bridge,
-            "uptime": round(time.time() - self.started_wall, 1),
-            "draining": machine.draining,
-            "drained": machine.draining and serving == 0,
-            "warming": machine.is_warming(now),
-            "listening": describe_ports(machine.listening or frozenset()),
-            "authenticated": self.plane.authenticator.enabled,
-            "members": members,
-            "sessions": {
-                "owned": statistics["owned"],
-                "foreign": statistics["foreign"],
-                "pending": statistics["pending"],
-                "closing": statistics["closing"],
-                "total": statistics["sessions"],
-                "serving": serving,
-            },
-            "queued": {
-                "packets": statistics["queued_packets"],
-                "bytes": statistics["queued_bytes"],
-            },
-            "counters": statistics["counters"],
-            "drops": statistics["drops"],
-            "frames": self.plane.counters.as_dict(),
-        }
+        ]
+        members.extend(
+            MemberReport(
+                member_id=peer.member_id,
+                is_self=False,
+                address=self.plane.address_of(peer.member_id),
+                last_seen=round(now - peer.last_heard, 3),
+                weight=float(peer.weight),
+                draining=peer.draining,
+                share=owners.get(peer.member_id, 0) / total,
+            )
+            for peer in machine.peers(now)
+        )
+        return StatusReport(
+            cluster_ip=config.cluster_ip,
+            cluster_mac=str(self.cluster_mac),
+            member_id=self.member_id,
+            interface=config.interface,
+            bridge=config.bridge,
+            uptime=round(time.time() - self.started_wall, 1),
+            draining=machine.draining,
+            drained=machine.draining and serving == 0,
+            warming=machine.is_warming(now),
+            listening=tuple(describe_ports(machine.listening or frozenset())),
+            authenticated=self.plane.authenticator.enabled,
+            members=tuple(members),
+            sessions=SessionCounts(
+                owned=count("owned"),
+                foreign=count("foreign"),
+                pending=count("pending"),
+                closing=count("closing"),
+                total=count("sessions"),
+                serving=serving,
+            ),
+            queued=QueueReport(packets=count("queued_packets"), bytes=count("queued_bytes")),
+            counters=tally("counters"),
+            drops=tally("drops"),
+            frames=self.plane.counters.as_dict(),
+        )
 
-    def sessions(self, now: float, limit: int) -> dict[str, Any]:
-        listed = []
+    def sessions(self, now: float, limit: int) -> SessionListing:
         sessions = self.machine.sessions()
+        listed = []
         for session in sessions[: max(0, min(limit, MAX_SESSIONS_LISTED))]:
             owner = self.member_id if session.mine else session.owner
             listed.append(
-                {
-                    "session": str(session.key),
-                    "state": session.state.value,
-                    "owner": f"{owner:016x}" if owner >= 0 else None,
-                    "mine": session.mine,
-                    "age": round(now - session.started, 3),
-                    "idle": round(now - session.last_seen, 3),
-                }
+                SessionReport(
+                    session=str(session.key),
+                    state=session.state.value,
+                    owner=owner if owner >= 0 else None,
+                    mine=session.mine,
+                    age=round(now - session.started, 3),
+                    idle=round(now - session.last_seen, 3),
+                )
             )
-        return {"sessions": listed, "total": len(sessions), "member_id": f"{self.member_id:016x}"}
+        return SessionListing(sessions=tuple(listed), total=len(sessions), member_id=self.member_id)

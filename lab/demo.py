@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.errors import UserError
+from appliance.operations.status import StatusReport
 from lab.members import LabMember, start_member
 from lab.namespaces import Lab, build_lab, require_root
 
@@ -36,7 +37,7 @@ class DemoState:
     started: float
     duration: float
     results: list[dict[str, Any]] = field(default_factory=list)
-    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, StatusReport] = field(default_factory=dict)
     killed: str | None = None
     killed_at: float | None = None
     events: list[str] = field(default_factory=list)
@@ -149,7 +150,7 @@ def poll_statuses(cluster: list[LabMember], state: DemoState) -> None:
     for member in cluster:
         if member.name == state.killed:
             continue
-        status = member.appliance.control("status", check=False)
+        status = member.appliance.poll_status()
         if status is not None:
             state.statuses[member.name] = status
 
@@ -169,17 +170,17 @@ def render(state: DemoState, cluster: list[LabMember]) -> Group:
     for column in ("member", "state", "served", "owned now", "claims won", "conflicts"):
         table.add_column(column, justify="right" if column not in ("member", "state") else "left")
     for member in cluster:
-        status = state.statuses.get(member.name, {})
+        status = state.statuses.get(member.name)
         alive = member.name != state.killed
-        draining = status.get("draining", False)
+        draining = status is not None and status.draining
         label = "[red]killed[/]" if not alive else ("draining" if draining else "[green]serving[/]")
         table.add_row(
             member.name,
             label,
             str(served.get(member.name, 0)),
-            str(status.get("sessions", {}).get("owned", "-")) if alive else "-",
-            str(status.get("counters", {}).get("claims_won", "-")),
-            str(status.get("counters", {}).get("conflicts", "-")),
+            str(status.sessions.owned) if alive and status is not None else "-",
+            str(status.counters["claims_won"]) if status is not None else "-",
+            str(status.counters["conflicts"]) if status is not None else "-",
         )
     elapsed = time.monotonic() - state.started
     totals = Text(
@@ -216,7 +217,8 @@ def summarize(state: DemoState, cluster: list[LabMember], console: Console) -> i
         if member.name == state.killed:
             console.print(f"  served by {member.name} (killed): {count}")
             continue
-        won = state.statuses.get(member.name, {}).get("counters", {}).get("claims_won")
+        status = state.statuses.get(member.name)
+        won = None if status is None else status.counters["claims_won"]
         console.print(f"  served by {member.name}: {count}, won {won} claims per its status")
         if won is None or not count <= won <= count + failed_attempts:
             unexplained.append(f"{member.name} served {count} but won {won}")

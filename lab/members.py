@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.errors import UserError
+from appliance.operations.status import SessionListing, StatusReport
 from lab.namespaces import Lab, Node
 
 NGINX_CONFIG = """\
@@ -189,7 +190,7 @@ class Appliance:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise UserError(f"{self.node.name}: the appliance exited: {self.log_tail()}")
-            if self.control("status", check=False) is not None:
+            if self.poll_status() is not None:
                 return
             time.sleep(0.1)
         raise UserError(f"{self.node.name}: the appliance did not come up: {self.log_tail()}")
@@ -205,11 +206,18 @@ class Appliance:
         response: dict[str, Any] = json.loads(result.stdout)
         return response
 
-    def status(self) -> dict[str, Any]:
-        """`appliance-ctl status --json`; raises if the daemon does not answer."""
-        status = self.control("status")
-        assert status is not None
-        return status
+    def status(self) -> StatusReport:
+        """`appliance-ctl status --json`, typed; raises if the daemon does not answer."""
+        return StatusReport.from_json(self.control("status"))
+
+    def poll_status(self) -> StatusReport | None:
+        """The status, or None if the daemon does not answer (yet, or any more)."""
+        response = self.control("status", check=False)
+        return None if response is None else StatusReport.from_json(response)
+
+    def sessions(self) -> SessionListing:
+        """`appliance-ctl sessions --json`, typed; raises if the daemon does not answer."""
+        return SessionListing.from_json(self.control("sessions"))
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -127,7 +127,7 @@ def main() -> None:
         ]
         iperf_server = serving.node.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while "tcp/5201" not in serving.appliance.status()["listening"]:
+        while "tcp/5201" not in serving.appliance.status().listening:
             if time.monotonic() > deadline:
                 raise SystemExit("the appliance never saw iperf3 listening on port 5201")
             time.sleep(0.2)
@@ -137,9 +137,7 @@ def main() -> None:
             for number in range(arguments.rounds):
                 print(f"round {number + 1} of {arguments.rounds}")
                 rounds.append(measure(segment, arguments.seconds, arguments.probes))
-            won_elsewhere = sum(
-                other.appliance.status()["counters"]["claims_won"] for other in others
-            )
+            won_elsewhere = sum(other.appliance.status().counters["claims_won"] for other in others)
             if won_elsewhere:
                 raise SystemExit(f"members of weight 0 won {won_elsewhere} sessions")
         finally:

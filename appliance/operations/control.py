@@ -1,9 +1,13 @@
 """The control socket: `appliance-ctl status`, `sessions`, `drain` and `undrain`.
 
-One JSON object per line each way over a Unix stream socket. The default name
-is abstract (`@appliance`), and abstract sockets belong to a network
-namespace, so one daemon per namespace never collides with another. Binding
-it also makes sure only one daemon runs in a namespace.
+One JSON object per line each way over a Unix stream socket. The handler
+returns a typed report (appliance.operations.status), which this module
+writes as JSON, or raises UserError, which the client gets as {"error": ...}
+and prints as one line.
+
+The default name is abstract (`@appliance`), and abstract sockets belong to a
+network namespace, so one daemon per namespace never collides with another.
+Binding it also makes sure only one daemon runs in a namespace.
 
 Anyone in the namespace may read status; changing state (drain) needs root or
 the daemon's own user, checked with SO_PEERCRED.
@@ -20,7 +24,7 @@ import socket
 import stat
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -32,7 +36,15 @@ MAX_REQUEST = 65536
 MAX_CLIENTS = 32  # at once; more wait in the listen backlog
 CLIENT_TIMEOUT = 2.0
 READ_ONLY = frozenset({"status", "sessions"})
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Reply(Protocol):
+    """A typed answer to a command: a status report or a sessions listing."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+Handler = Callable[[dict[str, Any]], Reply]
 
 
 def socket_address(name: str) -> str:
@@ -128,7 +140,9 @@ class ControlServer:
         if request["command"] not in READ_ONLY and uid not in (0, os.geteuid()):
             return {"error": f"{request['command']} needs root or the daemon's user"}
         try:
-            return self._handler(request)
+            return self._handler(request).to_json()
+        except UserError as error:  # the request's fault: the client prints it
+            return {"error": str(error)}
         except Exception:
             log.exception("control command %r failed", request["command"])
             return {"error": f"{request['command']} failed inside the daemon; see its log"}

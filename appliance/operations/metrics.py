@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,10 +16,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from appliance.errors import UserError
+from appliance.operations.status import StatusReport
 
 log = logging.getLogger(__name__)
 
-Snapshot = Callable[[], dict[str, Any]]
+Snapshot = Callable[[], StatusReport]
 
 
 class ApplianceCollector(Collector):
@@ -32,34 +32,40 @@ class ApplianceCollector(Collector):
         sessions = GaugeMetricFamily(
             "appliance_sessions", "Sessions tracked, by state", labels=["state"]
         )
-        for state in ("owned", "foreign", "pending", "closing"):
-            sessions.add_metric([state], status["sessions"][state])
+        counts = status.sessions
+        for state, count in (
+            ("owned", counts.owned),
+            ("foreign", counts.foreign),
+            ("pending", counts.pending),
+            ("closing", counts.closing),
+        ):
+            sessions.add_metric([state], count)
         yield sessions
         yield GaugeMetricFamily(
             "appliance_members",
             "Members seen alive, this one included",
-            value=len(status["members"]),
+            value=len(status.members),
         )
         yield GaugeMetricFamily(
-            "appliance_draining", "1 while this member drains", value=int(status["draining"])
+            "appliance_draining", "1 while this member drains", value=int(status.draining)
         )
         queued = GaugeMetricFamily(
             "appliance_queued", "Packets and bytes waiting for claims", labels=["unit"]
         )
-        queued.add_metric(["packets"], status["queued"]["packets"])
-        queued.add_metric(["bytes"], status["queued"]["bytes"])
+        queued.add_metric(["packets"], status.queued.packets)
+        queued.add_metric(["bytes"], status.queued.bytes)
         yield queued
-        for name, value in status["counters"].items():
+        for name, value in status.counters.items():
             yield CounterMetricFamily(
                 f"appliance_{name}", f"Claim machine: {name.replace('_', ' ')}", value=value
             )
         drops = CounterMetricFamily(
             "appliance_dropped_packets", "Client packets not injected, by reason", labels=["reason"]
         )
-        for reason, value in status["drops"].items():
+        for reason, value in status.drops.items():
             drops.add_metric([reason], value)
         yield drops
-        for name, value in status["frames"].items():
+        for name, value in status.frames.items():
             yield CounterMetricFamily(
                 f"appliance_frames_{name}", f"Data plane: {name.replace('_', ' ')}", value=value
             )

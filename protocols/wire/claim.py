@@ -19,8 +19,9 @@ When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
 `CLAIM_MESSAGE` is the specification. Claim messages are not per-packet, but
 every new session costs each member a claim or an acknowledgement to send
 and every other member's to read (N + 2 sent, (N + 2)(N - 1) read, for N
-members), and construct costs tens of microseconds a message, so `encode_message` and `decode_message` use
-`struct` at fixed offsets; tests check them against the declaration.
+members), and construct costs tens of microseconds a message, so
+`encode_message` and `decode_message` use `struct` at fixed offsets; tests
+check them against the declaration.
 """
 
 from __future__ import annotations

@@ -58,10 +58,10 @@ class Cluster:
             for member in self.members:
                 status = member.appliance.status()
                 wanted = {"tcp/80", *(["udp/53"] if "dnsmasq" in member.services.processes else [])}
-                if status["warming"] or len(status["members"]) != len(self.members):
-                    pending[member.name] = (status["warming"], len(status["members"]))
-                elif not wanted <= set(status["listening"]):
-                    pending[member.name] = status["listening"]
+                if status.warming or len(status.members) != len(self.members):
+                    pending[member.name] = (status.warming, len(status.members))
+                elif not wanted <= set(status.listening):
+                    pending[member.name] = status.listening
             if not pending:
                 return
             time.sleep(0.2)

@@ -3,7 +3,6 @@ authenticate."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -69,9 +68,9 @@ def test_one_daemon_per_namespace_and_clear_errors(lab_segment: Lab) -> None:
     # Each command reached the daemon of its own namespace: it reports that host's
     # address as its own, and the two daemons are distinct members.
     for appliance, host in ((mine, node), (theirs, other)):
-        own = [member for member in appliance.status()["members"] if member["self"]]
-        assert [member["address"] for member in own] == [str(host.address)]
-    assert mine.status()["member_id"] != theirs.status()["member_id"]
+        own = [member for member in appliance.status().members if member.is_self]
+        assert [member.address for member in own] == [str(host.address)]
+    assert mine.status().member_id != theirs.status().member_id
     mine.stop()
     theirs.stop()
 
@@ -86,10 +85,10 @@ def test_gratuitous_arp_at_start_teaches_neighbours_the_cluster_mac(lab_segment:
     status = appliance.status()
     deadline = time.monotonic() + 5
     neighbours = ""
-    while time.monotonic() < deadline and str(status["cluster_mac"]) not in neighbours:
+    while time.monotonic() < deadline and status.cluster_mac not in neighbours:
         time.sleep(0.2)
         neighbours = client.run(["ip", "neigh", "show", str(lab_segment.cluster_ip)]).stdout
-    assert str(status["cluster_mac"]) in neighbours
+    assert status.cluster_mac in neighbours
     appliance.stop()
 
 
@@ -106,9 +105,7 @@ def test_drain_moves_new_sessions_away_and_keeps_running_ones(cluster: Cluster) 
     thread.start()
     time.sleep(1.0)
     # Drain the member serving the most transfers, so that some run through the drain.
-    draining = max(
-        cluster.members, key=lambda member: member.appliance.status()["sessions"]["serving"]
-    )
+    draining = max(cluster.members, key=lambda member: member.appliance.status().sessions.serving)
     result = draining.node.run([*appliance_command(), "drain"])
     assert "draining" in result.stdout
     after = cluster.curl(unique_paths(120, "drained"), parallel=10)
@@ -119,16 +116,16 @@ def test_drain_moves_new_sessions_away_and_keeps_running_ones(cluster: Cluster) 
     assert draining.name in {member for _, _, _, member in running}
     deadline = time.monotonic() + 15
     status = draining.appliance.status()
-    while not status["drained"] and time.monotonic() < deadline:
+    while not status.drained and time.monotonic() < deadline:
         time.sleep(0.5)
         status = draining.appliance.status()
-    assert status["drained"] and status["draining"]
+    assert status.drained and status.draining
     for member in cluster.members:
         if member is draining:
             continue
         seen = member.appliance.status()
-        flags = {entry["member_id"]: entry["draining"] for entry in seen["members"]}
-        assert flags[status["member_id"]] is True
+        flags = {entry.member_id: entry.draining for entry in seen.members}
+        assert flags[status.member_id] is True
     draining.node.run([*appliance_command(), "undrain"])
     again = cluster.curl(unique_paths(120, "undrained"), parallel=10)
     assert all(code == 200 for _, code, _ in again)
@@ -144,7 +141,7 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
             cluster.add_member("--key-file", str(key_file), dns=False)
         cluster.wait_settled()
         status = cluster.members[0].appliance.status()
-        assert status["authenticated"]
+        assert status.authenticated
         # An attacker on the segment claims, without the key, the very sessions
         # the client opens next (from ports 45000 to 45019), with a huge score.
         forged = [
@@ -177,12 +174,10 @@ def test_with_a_key_forged_claims_are_refused_and_counted(lab_segment: Lab) -> N
         failures = 0
         for member in cluster.members:
             seen = member.appliance.status()
-            failures += seen["frames"]["auth_failures"]
-            assert seen["counters"]["conflicts"] == 0
-            listed = json.loads(
-                member.node.run([*appliance_command(), "sessions", "--json"]).stdout
-            )
-            assert "0000000000000bad" not in {entry["owner"] for entry in listed["sessions"]}
+            failures += seen.frames["auth_failures"]
+            assert seen.counters["conflicts"] == 0
+            listed = member.appliance.sessions()
+            assert 0xBAD not in {entry.owner for entry in listed.sessions}
         assert failures == 20 * len(cluster.members)
     finally:
         for member in cluster.members:

@@ -11,8 +11,8 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
+from appliance.operations.status import StatusReport
 from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, client_neighbours, unique_paths
 
@@ -56,10 +56,10 @@ def test_every_dns_query_gets_exactly_one_answer(cluster: Cluster) -> None:
     assert len(set(answers)) == len(cluster.members)
 
 
-def _claim_counters(status: dict[str, Any]) -> dict[str, int]:
+def _claim_counters(status: StatusReport) -> dict[str, int]:
     """What explains a query served twice: the claim counters of one member."""
     wanted = ("claims_won", "claims_lost", "conflicts", "decided_on_timeout")
-    return {name: status["counters"][name] for name in wanted}
+    return {name: status.counters[name] for name in wanted}
 
 
 def test_new_sessions_survive_a_member_killed_mid_run(cluster: Cluster) -> None:
@@ -136,14 +136,14 @@ def test_a_member_whose_service_is_down_stops_claiming(cluster: Cluster) -> None
     down = cluster.members[1]
     down.services.stop("nginx")
     deadline = time.monotonic() + 5  # the appliance reads the socket table every second
-    while "tcp/80" in down.appliance.status()["listening"]:
+    while "tcp/80" in down.appliance.status().listening:
         assert time.monotonic() < deadline, "the appliance still sees nginx listening"
         time.sleep(0.1)
     results = cluster.curl(unique_paths(150, "down"), parallel=10)
     assert all(code == 200 for _, code, _ in results), [r for r in results if r[1] != 200][:5]
     assert down.name not in {body for _, _, body in results}
     status = down.appliance.status()
-    assert status["drops"]["not_claimed"] >= 1
+    assert status.drops["not_claimed"] >= 1
 
 
 def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
@@ -151,7 +151,7 @@ def test_the_cluster_mac_never_leaks_into_the_switch(cluster: Cluster) -> None:
     results = cluster.curl(unique_paths(50, "mac"), parallel=5)
     assert all(code == 200 for _, code, _ in results)
     status = cluster.members[0].appliance.status()
-    cluster_mac = str(status["cluster_mac"])
+    cluster_mac = status.cluster_mac
     assert cluster_mac not in cluster.lab.switch_macs()
     neighbours = client_neighbours(cluster.client)
     assert re.search(rf"{re.escape(cluster.cluster_ip)} dev eth0 lladdr {cluster_mac}", neighbours)
@@ -180,7 +180,7 @@ def test_multicast_mac_mode_serves_each_request_once(lab_segment: Lab, tmp_path:
         assert len(answers) == 20
         assert sum(len(member.services.dns_queries()) for member in cluster.members) == 20
         status = cluster.members[0].appliance.status()
-        mac = str(status["cluster_mac"])
+        mac = status.cluster_mac
         assert int(mac[:2], 16) & 0x01  # the group bit
         assert mac in client_neighbours(cluster.client)
     finally:

@@ -3,7 +3,6 @@ clients saw."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
@@ -21,22 +20,21 @@ def test_status_counters_match_what_the_clients_saw(cluster: Cluster) -> None:
     won = {}
     for member in cluster.members:
         status = member.appliance.status()
-        won[member.name] = status["counters"]["claims_won"]
-        assert status["counters"]["conflicts"] == 0
-        assert len(status["members"]) == 3
+        won[member.name] = status.counters["claims_won"]
+        assert status.counters["conflicts"] == 0
+        assert len(status.members) == 3
     assert won == {member.name: served[member.name] for member in cluster.members}
 
 
 def test_sessions_lists_each_session_with_its_owner(cluster: Cluster) -> None:
     cluster.curl(unique_paths(10, "listed"))
     member = cluster.members[0]
-    result = member.node.run([*appliance_command(), "sessions", "--json"])
-    listed = json.loads(result.stdout)
-    assert listed["total"] == 10 and len(listed["sessions"]) == 10
-    mine = sum(session["mine"] for session in listed["sessions"])
+    listed = member.appliance.sessions()
+    assert listed.total == 10 and len(listed.sessions) == 10
+    mine = sum(session.mine for session in listed.sessions)
     status = member.appliance.status()
-    assert mine == status["counters"]["claims_won"]
-    assert all(session["owner"] for session in listed["sessions"])
+    assert mine == status.counters["claims_won"]
+    assert all(session.owner is not None for session in listed.sessions)
     text = member.node.run([*appliance_command(), "sessions"]).stdout
     assert "tcp 10.77.0.101:" in text and "10 of 10 sessions" in text
 
@@ -52,7 +50,7 @@ def test_metrics_endpoint_exposes_the_same_counters(lab_segment: Lab) -> None:
         status = member.appliance.status()
         won = re.search(r"^appliance_claims_won_total (\S+)$", scraped, re.MULTILINE)
         assert won is not None, scraped[:500]
-        assert float(won.group(1)) == status["counters"]["claims_won"]
+        assert float(won.group(1)) == status.counters["claims_won"]
         assert re.search(r'^appliance_sessions\{state="owned"\} ', scraped, re.MULTILINE)
         assert re.search(
             r'^appliance_dropped_packets_total\{reason="foreign"\} ', scraped, re.MULTILINE
