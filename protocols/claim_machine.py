@@ -16,10 +16,11 @@ live in their own modules:
   acknowledgements may be trusted;
 - `protocols.packet_queue`: bounded queues of packets waiting for a claim,
   and fragments;
+- `protocols.reassertion`: when owned sessions are asserted again;
 - `protocols.rendezvous`: the scores bids are ranked by.
 
 What stays here is what does not fit a table: bid order, when a claim is
-decided (through a `DecisionRule`, a public hook), and re-assertion plans.
+decided (through a `DecisionRule`, a public hook), and what to send when.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from protocols.classifier import Classified, FrameKind
 from protocols.numbers import IpProtocol, TcpFlags
 from protocols.packet_queue import FragmentTable, PacketQueues
 from protocols.peers import Peer, PeerTable
+from protocols.reassertion import Reassertion
+from protocols.reassertion import advance as advance_repeat
 from protocols.rendezvous import effective_weight, rendezvous_score, session_digest_input
 from protocols.session_key import SessionKey
 from protocols.session_lifecycle import Event, Phase
@@ -246,13 +249,6 @@ def _reuses_port(session: Session, record: Classified) -> bool:
     return session.state is CLOSING and record.sequence != session.syn_sequence
 
 
-def _repeats_left(session: Session) -> int:
-    """Assertions still to come on the session's repeat plan (the next one included)."""
-    if session.next_assertion_at is None:
-        return 0
-    return len(session.repeat_plan) - session.repeat_index + 1
-
-
 def _hear_bid(
     session: Session, member_id: int, score: float, now: float, *, asserted: bool = False
 ) -> None:
@@ -344,7 +340,7 @@ class ClaimMachine:
         self._announced_weight = effective_weight(weight, load)
         # This member's claims still waiting for acknowledgements, by counter.
         self._awaiting: OrderedDict[int, SessionKey] = OrderedDict()
-        self._resync_until = now  # re-assertions are spread out from here on
+        self._reassertion = Reassertion(self._table, resync_rate=settings.resync_rate, now=now)
         self._next_hello_at = now
         self._send_hello(now)
 
@@ -757,14 +753,14 @@ class ClaimMachine:
                 # A warming member is at most join_grace old.
                 settings = self.settings
                 born = now - settings.join_grace - settings.hello_interval
-                self._reassert(
+                self._reassertion.resync(
                     since=born if hello.warming else None,
                     plan=settings.resync_repeats,
                     now=now,
                     limit=MAX_REPEATED_RESYNC,
                 )
             # A newcomer learns the running sessions from their owners.
-            self._reassert(since=None, plan=(0.0,), now=now)
+            self._reassertion.resync(since=None, plan=(0.0,), now=now)
             self._send_hello(now, scheduled=False)  # let the newcomer rank us at once
         peer.weight = hello.weight
         peer.draining = hello.draining
@@ -867,7 +863,7 @@ class ClaimMachine:
             and now >= session.next_assertion_at
         ):
             self._send_assertion(session)
-            self._next_repeat(session)
+            advance_repeat(session)
         expires = self._expiry(session)
         if now >= expires:
             self._remove(session)
@@ -985,25 +981,8 @@ class ClaimMachine:
             self.counters.packets_injected += len(packets)
             self._actions.append(InjectPackets(session.key, packets))
         self._send_assertion(session)
-        self._start_repeats(session, now, self.settings.assertion_repeats)
+        self._reassertion.start(session, now, self.settings.assertion_repeats)
         self._schedule_expiry(session)
-
-    def _start_repeats(self, session: Session, base: float, plan: tuple[float, ...]) -> None:
-        """Assert `session` again at `base` plus each offset of `plan`."""
-        session.repeat_base = base
-        session.repeat_plan = plan
-        session.repeat_index = 0
-        self._next_repeat(session)
-        if session.next_assertion_at is not None:
-            self._table.schedule(session, session.next_assertion_at)
-
-    def _next_repeat(self, session: Session) -> None:
-        plan = session.repeat_plan
-        if session.repeat_index >= len(plan):
-            session.next_assertion_at = None
-            return
-        session.next_assertion_at = session.repeat_base + plan[session.repeat_index]
-        session.repeat_index += 1
 
     def _decline(self, session: Session) -> None:
         """This member began draining, or its service stopped listening, before
@@ -1069,40 +1048,11 @@ class ClaimMachine:
         won meanwhile. Re-assert those sessions, so that one assertion likely
         gets through; if the peer owns one too, the lower bid yields.
         """
-        self._reassert(
+        self._reassertion.resync(
             since=peer.gap_since - self.settings.guard,
             plan=self.settings.resync_repeats,
             now=now,
         )
-
-    def _reassert(
-        self,
-        *,
-        since: float | None,
-        plan: tuple[float, ...],
-        now: float,
-        limit: int | None = None,
-    ) -> None:
-        """Assert owned sessions won since `since` (all if None) on `plan`,
-        spread out at `resync_rate` so a large table does not burst. With
-        `limit`, only that many of the most recently won sessions."""
-        spacing = 1.0 / self.settings.resync_rate
-        start = max(now, self._resync_until)
-        chosen = [
-            session
-            for session in self._table
-            if session.mine
-            and session.won_at is not None
-            and (since is None or session.won_at >= since)
-            and _repeats_left(session) < len(plan)  # else its plan already covers this one
-        ]
-        if limit is not None and len(chosen) > limit:
-            chosen.sort(key=lambda session: session.won_at or 0.0, reverse=True)
-            del chosen[limit:]
-        for session in chosen:
-            self._start_repeats(session, start, plan)
-            start += spacing
-        self._resync_until = start
 
     # ----------------------------------------------------------------- table
 
