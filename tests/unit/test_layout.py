@@ -4,6 +4,7 @@
   the tests, and the wheel of `pip install .` carries neither the lab nor its
   dependencies.
 - `protocols/` stays pure: no I/O library, no clock.
+- `appliance-ctl demo` on a host without the lab says how to get it.
 - The one IPv4 header layout in `protocols.numbers` agrees with the construct
   declaration in `protocols.wire.ipv4`.
 """
@@ -11,10 +12,14 @@
 from __future__ import annotations
 
 import ast
+import sys
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
+from appliance.cli import main
 from protocols.numbers import IPV4_CHECKSUM_OFFSET, IPV4_HEADER, IPV4_HEADER_LENGTH, IpProtocol
 from protocols.wire.ipv4 import Ipv4Packet
 
@@ -84,3 +89,17 @@ def test_ipv4_header_layout_agrees_with_the_declaration() -> None:
     )
     assert int.from_bytes(raw[IPV4_CHECKSUM_OFFSET : IPV4_CHECKSUM_OFFSET + 2], "big") == checksum
     assert fields[8:] == (packet.source.packed, packet.destination.packed)
+
+
+def test_the_demo_without_the_lab_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As on a host with only `pip install .`: the lab cannot be imported.
+    monkeypatch.setitem(sys.modules, "lab", None)
+    monkeypatch.setitem(sys.modules, "lab.demo", None)
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "pip install ./lab" in error
+    assert len(error.strip().splitlines()) == 1
