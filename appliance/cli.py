@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key-file", metavar="FILE", help="claim key file (16 bytes or more)")
     run.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics")
     run.add_argument("--log-format", choices=["plain", "json"], help="log line format")
+    run.add_argument(
+        "--fast-path",
+        choices=["auto", "on", "off"],
+        help="kernel fast path: auto (default) when nftables works, on (or refuse), off (TUN only)",
+    )
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML file with the same keys")
 
     for name, text in (
@@ -215,6 +220,7 @@ def run_daemon(arguments: argparse.Namespace) -> int:
             "key_file": arguments.key_file,
             "metrics_listen": arguments.metrics_listen,
             "log_format": arguments.log_format,
+            "fast_path": arguments.fast_path,
         },
     )
     setup_logging(config.log_format, config.log_level)
@@ -266,7 +272,8 @@ def format_status(status: StatusReport) -> str:
         f"cluster {status.cluster_ip} (MAC {status.cluster_mac}) on {status.bridge} "
         f"({status.interface}): {state}",
         f"this member: {member_hex(status.member_id)}, up {status.uptime:.0f}s"
-        + (", claims authenticated" if status.authenticated else ""),
+        + (", claims authenticated" if status.authenticated else "")
+        + f", data path: {status.data_path}",
         "listening on: " + (" ".join(status.listening) or "nothing (claims ICMP only)"),
         "",
         f"  {'member':18} {'address':15} {'last seen':>9} {'weight':>7} {'share':>6}",

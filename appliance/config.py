@@ -161,6 +161,23 @@ KEYS: tuple[Key, ...] = (
         "Read and write GSO super-frames (IFF_VNET_HDR, TSO): far fewer packets per byte.",
     ),
     Key(
+        "fast_path",
+        "auto",
+        _choice("auto", "on", "off"),
+        "The kernel fast path: an nftables table hands decided sessions to the local stack "
+        "and drops others' in the kernel, so Python sees only what it must decide. auto: "
+        "when nftables works (one log line says which path runs); on: refuse to start "
+        "without it; off: every packet through the TUN device.",
+        flag=True,
+    ),
+    Key(
+        "kernel_set_size",
+        65536,
+        _integer(16, 10_000_000),
+        "Most sessions in each kernel set of the fast path; while the owned set is full, "
+        "new sessions are served on the TUN path.",
+    ),
+    Key(
         "control_socket",
         "@appliance",
         _socket_name,

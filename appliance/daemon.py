@@ -22,16 +22,25 @@ import trio
 
 from appliance.config import Config
 from appliance.dataplane.frames import FrameBuilder
+from appliance.dataplane.kernel_path import (
+    TABLE,
+    KernelPath,
+    KernelSession,
+    KernelSets,
+    PathTimeouts,
+)
 from appliance.dataplane.loop import DataPlane
 from appliance.errors import UserError
 from appliance.host.devices import TapDevice, TunDevice
 from appliance.host.listening import listening_ports
 from appliance.host.netlink import (
+    BridgeFacts,
     address_in_use,
     attach_tap,
     bridge_facts,
     bridge_interface,
     configure_tun,
+    delete_link,
     write_sysctl,
 )
 from appliance.host.notify import Notifier
@@ -55,6 +64,7 @@ from protocols.session_table import PENDING
 log = logging.getLogger("appliance")
 
 FACTS_INTERVAL = 1.0
+KERNEL_READ_BACK_INTERVAL = 1.0  # seconds between reads of the fast path's sets
 ANNOUNCEMENTS = 3
 STATUS_INTERVAL = 10.0
 MAX_SESSIONS_LISTED = 10_000
@@ -118,14 +128,58 @@ class Daemon:
                 # itself (UDP and ICMP would be served by every member).
                 write_sysctl(f"ipv4/conf/{config.bridge}/drop_unicast_in_l2_multicast", 1)
             facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
+            path, leftover = await self._start_kernel_path(facts)
             tap = TapDevice(config.tap_name, offloads=config.offloads)
             cleanup.callback(self._stopped)
             cleanup.callback(tap.close)
-            tun = TunDevice(config.tun_name, offloads=config.offloads)
+            tun = TunDevice(config.tun_name, offloads=config.offloads, persistent=path is not None)
+            if path is not None:
+                # A clean stop: the table goes first, then the persistent TUN.
+                cleanup.callback(_delete_quietly, tun.name)
             cleanup.callback(tun.close)
+            if path is not None:
+                cleanup.callback(path.remove)
             await trio.to_thread.run_sync(attach_tap, tap.name, config.bridge, facts.mtu)
             await trio.to_thread.run_sync(configure_tun, tun.name, config.cluster_ip, facts.mtu)
-            await self._serve(control, tap, tun, facts.ipv4, key, signals)
+            await self._serve(control, tap, tun, facts.ipv4, key, signals, path, leftover)
+
+    async def _start_kernel_path(
+        self, facts: BridgeFacts
+    ) -> tuple[KernelPath | None, list[KernelSession]]:
+        """Load the fast path's table (replacing one a crashed daemon left,
+        whose owned sessions are returned to be re-learned); None for the TUN path."""
+        config = self.config
+        if config.fast_path == "off":
+            log.info("serving on the TUN path (fast_path = off)")
+            return None, []
+        settings = config.claim_settings()
+        path = KernelPath(
+            cluster_ip=config.cluster_ip,
+            cluster_mac=str(self.cluster_mac),
+            bridge_mac=facts.mac,
+            size=config.kernel_set_size,
+            timeouts=PathTimeouts(
+                handshake=settings.handshake_timeout,
+                tcp_idle=settings.tcp_idle_timeout,
+                udp_idle=settings.udp_idle_timeout,
+            ),
+        )
+        try:
+            leftover = await trio.to_thread.run_sync(path.leftover)
+            await trio.to_thread.run_sync(path.load, [carried.key for carried in leftover])
+        except (UserError, OSError) as error:
+            if config.fast_path == "on":
+                raise UserError(
+                    f"fast_path = on, but the kernel fast path cannot start: {error}"
+                ) from None
+            log.warning("the kernel fast path is unavailable (%s): serving on the TUN path", error)
+            return None, []
+        log.info(
+            "serving on the kernel fast path (nftables table bridge %s, sets of %d)",
+            TABLE,
+            path.size,
+        )
+        return path, leftover
 
     def _stopped(self) -> None:
         self.notifier.stopping()
@@ -139,9 +193,12 @@ class Daemon:
         member_ip: IPv4Address | None,
         key: bytes | None,
         signals: Any,
+        path: KernelPath | None,
+        leftover: list[KernelSession],
     ) -> None:
         config = self.config
         now = trio.current_time()
+        kernel = None if path is None else KernelSets(path)
         machine = ClaimMachine(
             self.member_id,
             config.claim_settings(),
@@ -149,7 +206,21 @@ class Daemon:
             weight=config.weight,
             load=self.local_load(),
             listening=listening_ports(config.cluster_ip),
+            table_listener=kernel,
         )
+        # Sessions the kernel kept serving while no daemon ran are this
+        # member's again, asserted to peers, before anything new is claimed.
+        adopted = sum(
+            machine.adopt(
+                carried.key,
+                now,
+                last_seen=now - carried.age,
+                established=carried.refreshed,
+            )
+            for carried in leftover
+        )
+        if leftover:
+            log.info("re-learned %d session(s) the kernel kept serving", adopted)
         builder = FrameBuilder(
             own_mac=tap.mac,
             cluster_mac=self.cluster_mac,
@@ -164,6 +235,7 @@ class Daemon:
             classifier=Classifier([config.cluster_ip.packed], config.claim_protocol),
             builder=builder,
             authenticator=ClaimAuthenticator(key),
+            kernel=kernel,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -176,6 +248,8 @@ class Daemon:
                     )
                     await nursery.start(metrics.serve)
                 nursery.start_soon(self._refresh_local_facts)
+                if kernel is not None:
+                    nursery.start_soon(self.plane.follow_kernel, KERNEL_READ_BACK_INTERVAL)
                 nursery.start_soon(self._announce)
                 nursery.start_soon(self._report_to_systemd)
                 log.info(
@@ -342,8 +416,30 @@ class Daemon:
             queued=QueueReport(packets=count("queued_packets"), bytes=count("queued_bytes")),
             counters=tally("counters"),
             drops=tally("drops"),
-            frames=self.plane.counters.as_dict(),
+            frames=self.plane.counters.as_dict() | self._kernel_counters(),
+            data_path=self.data_path(),
         )
+
+    def data_path(self) -> str:
+        """Which path serves won sessions: "kernel", "kernel, degraded" or "tun"."""
+        assert self.plane is not None
+        kernel = self.plane.kernel
+        if kernel is None:
+            return "tun"
+        return "kernel, degraded (owned set full)" if kernel.path.degraded else "kernel"
+
+    def _kernel_counters(self) -> dict[str, int]:
+        assert self.plane is not None
+        kernel = self.plane.kernel
+        if kernel is None:
+            return {}
+        path = kernel.path
+        return {
+            "kernel_batches": path.batches,
+            "kernel_elements_added": path.elements_added,
+            "kernel_elements_removed": path.elements_removed,
+            "kernel_add_refused": path.add_failures,
+        }
 
     def sessions(self, now: float, limit: int) -> SessionListing:
         sessions = self.machine.sessions()
@@ -361,3 +457,10 @@ class Daemon:
                 )
             )
         return SessionListing(sessions=tuple(listed), total=len(sessions), member_id=self.member_id)
+
+
+def _delete_quietly(name: str) -> None:
+    try:
+        delete_link(name)
+    except UserError as error:
+        log.warning("%s", error)

@@ -35,6 +35,7 @@ http {{
     uwsgi_temp_path {directory}/uwsgi;
     scgi_temp_path {directory}/scgi;
     keepalive_timeout 0;
+    client_max_body_size 0;  # uploads of any size are read and discarded
     server {{
         listen 80 backlog=4096;
         add_header X-Member {name} always;

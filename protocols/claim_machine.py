@@ -49,6 +49,7 @@ from protocols.session_table import (
     HeardClaim,
     Session,
     SessionTable,
+    TableListener,
 )
 from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
 
@@ -226,6 +227,7 @@ class Counters:
     hellos_sent: int = 0
     hellos_received: int = 0
     packets_injected: int = 0
+    sessions_adopted: int = 0  # re-learned from the kernel after a restart
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -307,13 +309,14 @@ class ClaimMachine:
         draining: bool = False,
         listening: frozenset[tuple[int, int]] | None = None,
         decision_rule: DecisionRule = ACKNOWLEDGED,
+        table_listener: TableListener | None = None,
     ) -> None:
         self.member_id = member_id
         self.settings = settings
         self.counters = Counters()
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self._decision_rule = decision_rule
-        self._table = SessionTable(settings.max_sessions)
+        self._table = SessionTable(settings.max_sessions, table_listener)
         self._peers = PeerTable(
             member_timeout=settings.member_timeout,
             reorder_window=settings.reorder_window,
@@ -453,6 +456,39 @@ class ClaimMachine:
         if draining is not None and draining != self._draining:
             self._draining = draining
             self._send_hello(now)  # peers stop ranking us at once
+
+    def adopt(self, key: SessionKey, now: float, *, last_seen: float, established: bool) -> bool:
+        """Re-learn a session this member's kernel still serves (its daemon
+        restarted): it is owned again, and asserted to peers at once. False
+        when the table has no room. Call it before any client packet."""
+        if self._table.get(key) is not None or (self._table.is_full and not self._evict_one()):
+            return False
+        session = Session(key, Phase.OWNED, now)
+        session.last_seen = min(last_seen, now)
+        session.established = established or key.transport != TCP
+        session.my_score = rendezvous_score(
+            session_digest_input(key), self.member_id, self._announced_weight
+        )
+        session.best_member, session.best_score = self.member_id, session.my_score
+        session.best_asserted = True
+        session.won_at = now
+        self._table.add(session)
+        self.counters.sessions_adopted += 1
+        self._send_assertion(session)
+        self._reassertion.start(session, now, self.settings.assertion_repeats)
+        self._schedule_expiry(session)
+        return True
+
+    def note_activity(self, key: SessionKey, last_seen: float, *, established: bool) -> None:
+        """The kernel passed a packet of this session at `last_seen` (the fast
+        path carries its packets past this machine); `established`: the client
+        has sent more than its SYN."""
+        session = self._table.get(key)
+        if session is None:
+            return
+        session.last_seen = max(session.last_seen, last_seen)
+        if established and not session.established:
+            self._table.mark_established(session)
 
     def leave(self, now: float) -> None:
         """Say goodbye: peers forget this member and its sessions at once."""

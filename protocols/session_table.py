@@ -19,7 +19,7 @@ import heapq
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from protocols.session_key import SessionKey
 from protocols.session_lifecycle import (
@@ -165,11 +165,23 @@ class Session:
         return f"<Session {self.key} {self.phase.value} best={self.best_member:x}>"
 
 
+class TableListener(Protocol):
+    """Told of every session that enters the table, changes phase or leaves it:
+    how the shell keeps state outside the process (the kernel's sets) in step."""
+
+    def entered(self, session: Session) -> None: ...
+
+    def moved(self, session: Session, before: Phase) -> None: ...
+
+    def left(self, session: Session) -> None: ...
+
+
 class SessionTable:
     """Sessions by key, bounded, with a timer heap and counts by state."""
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, listener: TableListener | None = None) -> None:
         self.max_sessions = max_sessions
+        self.listener = listener
         self._sessions: dict[SessionKey, Session] = {}
         self._timers: list[tuple[float, int, SessionKey]] = []
         self._serial = 0
@@ -200,6 +212,8 @@ class SessionTable:
         if not session.established:
             self._unestablished[session.key] = None
         self.note_ownership(session)
+        if self.listener is not None:
+            self.listener.entered(session)
 
     def oldest_unestablished(self) -> Session | None:
         for key in self._unestablished:
@@ -225,17 +239,22 @@ class SessionTable:
             self._foreign.pop(session.key, None)
             session.timer_at = None
             self._bound_timers()
+            if self.listener is not None:
+                self.listener.left(session)
 
     def move(self, session: Session, event: Event) -> None:
         """Change the session's phase by the lifecycle table; counts and
         eviction order follow."""
-        phase = next_phase(session.phase, event)
+        before = session.phase
+        phase = next_phase(before, event)
         self.counts[session.state] -= 1
         session.phase = phase
         session.state = STATE_OF_PHASE[phase]
         session.mine = phase in SERVED_HERE
         self.counts[session.state] += 1
         self.note_ownership(session)
+        if self.listener is not None:
+            self.listener.moved(session, before)
 
     def mark_established(self, session: Session) -> None:
         session.established = True

@@ -24,6 +24,7 @@ from typing import cast
 import trio
 
 from appliance.dataplane.frames import FrameBuilder
+from appliance.dataplane.kernel_path import KernelSets
 from appliance.host.devices import READ_SIZE, TapDevice, TunDevice
 from protocols.claim_auth import ClaimAuthenticator
 from protocols.claim_machine import (
@@ -78,8 +79,10 @@ class DataPlane:
         classifier: Classifier,
         builder: FrameBuilder,
         authenticator: ClaimAuthenticator,
+        kernel: KernelSets | None = None,
     ) -> None:
         self.tap = tap
+        self.kernel = kernel  # None: the TUN path, every packet through this loop
         self.tun = tun
         self.machine = machine
         self.classifier = classifier
@@ -107,6 +110,30 @@ class DataPlane:
             if not drained:
                 self.counters.busy_batches += 1
                 await trio.lowlevel.checkpoint()
+
+    async def follow_kernel(self, interval: float) -> None:
+        """On the fast path, read the kernel's sets back every `interval`: the
+        packets it carried are activity the claim machine must know of (idle
+        timers, established handshakes). While the owned set is full, sessions
+        go to the TUN path; once it has room they move back."""
+        kernel = self.kernel
+        assert kernel is not None
+        path = kernel.path
+        while True:
+            await trio.sleep(interval)
+            owned, foreign = await trio.to_thread.run_sync(path.read_back)
+            now = trio.current_time()
+            note = self.machine.note_activity
+            for carried in owned:
+                note(carried.key, now - carried.age, established=carried.refreshed)
+            for carried in foreign:
+                note(carried.key, now - carried.age, established=True)
+            if path.degraded:
+                kernel.retry_refused()
+                if not kernel.refused and len(owned) < path.size * 0.9:
+                    await trio.to_thread.run_sync(path.set_degraded, False)
+                    log.info("the kernel's owned set has room again: back on the fast path")
+            self.carry_out()
 
     def wake(self) -> None:
         """Run the loop now: the machine's state changed from outside (control, facts)."""
@@ -226,6 +253,11 @@ class DataPlane:
 
     def carry_out(self) -> None:
         counters = self.counters
+        kernel = self.kernel
+        if kernel is not None and kernel.pending:
+            # Before a won session's first packets are injected: its later
+            # packets must already find its element in the kernel.
+            kernel.flush()
         for action in self.machine.pop_actions():
             if isinstance(action, SendMessage):
                 frame = self.builder.claim_frame(self.authenticator.seal(action.message))

@@ -97,8 +97,13 @@ class TapDevice(_Device):
 class TunDevice(_Device):
     """Carries the cluster IP: packets written here reach the local kernel's stack."""
 
-    def __init__(self, name: str, *, offloads: bool) -> None:
+    def __init__(self, name: str, *, offloads: bool, persistent: bool = False) -> None:
         super().__init__(name, pytun.IFF_TUN, "TUN", offloads=offloads)
+        if persistent:
+            # On the kernel fast path the kernel serves won sessions without
+            # this process, so the cluster IP must outlive it (kill -9): the
+            # device stays until `netlink.delete_link` removes it on a clean stop.
+            self._device.persist(True)
 
     def inject(self, frame: bytes, network_offset: int) -> bool:
         """Write the IP packet inside a TAP frame (offsets as the classifier gave them)."""

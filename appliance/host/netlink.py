@@ -352,6 +352,7 @@ def unbridge_interface(interface: str, bridge: str) -> UnbridgeReport:
 class BridgeFacts:
     mtu: int
     ipv4: IPv4Address | None  # the bridge's primary IPv4 address, the source of claims
+    mac: str  # frames the kernel fast path hands to the local stack get this destination
 
 
 def bridge_facts(bridge: str) -> BridgeFacts:
@@ -363,7 +364,9 @@ def bridge_facts(bridge: str) -> BridgeFacts:
             if address["family"] == socket.AF_INET:
                 ipv4 = IPv4Address(_local_address(address))
                 break
-        return BridgeFacts(mtu=int(link.get("IFLA_MTU")), ipv4=ipv4)
+        return BridgeFacts(
+            mtu=int(link.get("IFLA_MTU")), ipv4=ipv4, mac=str(link.get("IFLA_ADDRESS"))
+        )
 
 
 # Frames the bridge may queue for the appliance while it is busy. Longer than
@@ -401,6 +404,15 @@ def configure_tun(tun: str, cluster_ip: IPv4Address, mtu: int) -> None:
         ipr.link("set", index=index, mtu=mtu)
         ipr.addr("replace", index=index, address=str(cluster_ip), prefixlen=32)
         ipr.link("set", index=index, state="up")
+
+
+def delete_link(name: str) -> None:
+    """Delete a device this daemon made persistent (the TUN on the fast path);
+    nothing if it is gone already."""
+    with _netlink(f"deleting {name}") as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("del", index=found[0])
 
 
 def address_in_use(cluster_ip: IPv4Address, except_device: str) -> str | None:

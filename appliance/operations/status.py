@@ -154,6 +154,7 @@ class StatusReport:
     counters: Mapping[str, int]
     drops: Mapping[str, int]
     frames: Mapping[str, int]
+    data_path: str  # "kernel" (the fast path), "kernel, degraded (owned set full)" or "tun"
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of `appliance-ctl status --json`."""
@@ -175,6 +176,7 @@ class StatusReport:
             "counters": dict(self.counters),
             "drops": dict(self.drops),
             "frames": dict(self.frames),
+            "data_path": self.data_path,
         }
 
     @classmethod
@@ -199,6 +201,7 @@ class StatusReport:
             counters=report.tally("counters", SHOWN_COUNTERS),
             drops=report.tally("drops"),
             frames=report.tally("frames", SHOWN_FRAMES),
+            data_path=report.text("data_path"),
         )
 
 

@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class Cluster:
     lab: Lab
     members: list[LabMember] = field(default_factory=list)
+    data_path: str = "kernel"  # or "tun": every member started with --fast-path off
 
     @property
     def client(self) -> Node:
@@ -44,8 +45,12 @@ class Cluster:
         return str(self.lab.cluster_ip)
 
     def add_member(self, *appliance_flags: str, dns: bool = True) -> LabMember:
-        member = start_member(self.lab, *appliance_flags, dns=dns)
+        """A member on this cluster's data path: `--fast-path on` (a member that
+        cannot load its table fails to start), or off."""
+        path_flag = ("--fast-path", "off" if self.data_path == "tun" else "on")
+        member = start_member(self.lab, *path_flag, *appliance_flags, dns=dns)
         self.members.append(member)
+        assert member.appliance.status().data_path == self.data_path
         return member
 
     def wait_settled(self, timeout: float = 20.0) -> None:
@@ -162,9 +167,10 @@ def lab_segment() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def cluster(lab_segment: Lab) -> Iterator[Cluster]:
-    """Three members serving the cluster IP, and one client."""
-    built = Cluster(lab_segment)
+def cluster(lab_segment: Lab, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three members serving the cluster IP, and one client; on the kernel fast
+    path unless a test parametrizes it indirectly with "tun"."""
+    built = Cluster(lab_segment, data_path=getattr(request, "param", "kernel"))
     try:
         for _ in range(3):
             built.add_member()

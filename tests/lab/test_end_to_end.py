@@ -12,13 +12,19 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from appliance.operations.status import StatusReport
 from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, client_neighbours, unique_paths
 
 DIG_QUERIES = 300
+# The core tests run on both data paths: the kernel fast path (the default)
+# and the TUN path (fast_path = off), which stays the fallback.
+BOTH_PATHS = pytest.mark.parametrize("cluster", ["kernel", "tun"], indirect=True)
 
 
+@BOTH_PATHS
 def test_every_http_request_is_served_exactly_once(cluster: Cluster) -> None:
     """300 requests, sequential then concurrent: all succeed, each is served once, by
     one of the members, and every member serves some."""
@@ -37,6 +43,7 @@ def test_every_http_request_is_served_exactly_once(cluster: Cluster) -> None:
     }
 
 
+@BOTH_PATHS
 def test_every_dns_query_gets_exactly_one_answer(cluster: Cluster) -> None:
     """300 queries from distinct source ports each get one answer, and the servers'
     logs hold each query once in all."""
@@ -62,6 +69,7 @@ def _claim_counters(status: StatusReport) -> dict[str, int]:
     return {name: status.counters[name] for name in wanted}
 
 
+@BOTH_PATHS
 def test_new_sessions_survive_a_member_killed_mid_run(cluster: Cluster) -> None:
     """kill -9 one appliance mid-run: every session started after the kill succeeds
     (one SYN retransmission allowed), and transfers held by the survivors finish."""
@@ -96,6 +104,7 @@ def test_new_sessions_survive_a_member_killed_mid_run(cluster: Cluster) -> None:
         assert (code, received) == (200, size), f"{path} on {server} broke"
 
 
+@BOTH_PATHS
 def test_a_late_joiner_breaks_no_running_transfer_and_then_takes_new_sessions(
     cluster: Cluster,
 ) -> None:

@@ -66,6 +66,7 @@ def sample_report() -> StatusReport:
         counters=COUNTERS,
         drops=DROPS,
         frames=FRAMES,
+        data_path="kernel",
     )
 
 
@@ -107,6 +108,7 @@ SAMPLE_JSON: dict[str, Any] = {
     "counters": COUNTERS,
     "drops": DROPS,
     "frames": FRAMES,
+    "data_path": "kernel",
 }
 
 
@@ -246,7 +248,9 @@ def test_the_cli_prints_the_typed_report() -> None:
     text = format_status(sample_report())
     lines = text.splitlines()
     assert lines[0] == "cluster 192.0.2.10 (MAC 02:c0:00:02:0a:01) on br0 (eth0): draining"
-    assert lines[1] == "this member: 0123456789abcdef, up 12s, claims authenticated"
+    assert lines[1] == (
+        "this member: 0123456789abcdef, up 12s, claims authenticated, data path: kernel"
+    )
     assert lines[2] == "listening on: tcp/80 udp/53"
     assert lines[5] == "  0123456789abcdef   192.0.2.1            self    1.00  25.0% draining"
     assert lines[6] == "  0000000000000bad   ?                    0.1s    2.00  75.0%"

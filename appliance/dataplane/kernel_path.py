@@ -1,0 +1,566 @@
+"""The kernel fast path: a bridge-family nftables table that carries decided sessions.
+
+The appliance owns one table, `bridge appliance`, in its network namespace.
+At the bridge's prerouting hook, ahead of br_netfilter and conntrack
+(priority -300, `dstnat`), every IPv4 frame to the cluster MAC and address
+meets these rules, in order:
+
+1. fragments, and TCP segments with SYN, FIN or RST, go on to the TAP: the
+   claim machine decides sessions and tracks their ends;
+2. a session in `owned4` (client address . protocol . client port . cluster
+   port) is handed to the local stack (Ethernet destination set to the
+   bridge's MAC, `meta pkttype set host`), and its element's timeout is
+   refreshed (`update`): the kernel serves it with no Python in the way;
+3. any other TCP segment is dropped in the kernel: a mid-stream packet of a
+   session this member does not serve (another's, or one it never saw start,
+   so a late joiner still never claims it). This rule lives in its own chain,
+   `foreign_tcp4`, which is emptied while the set is full (`degrade`): new
+   sessions are then served on the TUN path, with every packet through Python;
+4. a UDP flow in `foreign4` (asserted by another member) is dropped;
+5. everything else (new UDP flows, ICMP, claims, ARP) goes on to the TAP.
+
+Elements are added and removed at the rate sessions are decided, in one
+nfnetlink batch per wake-up written with `struct` on a netlink socket (the
+kernel commits a batch inside `sendmsg`, so an element is in place before the
+session's first packet is injected). The ruleset itself is loaded, read back
+and removed with the `nft` command, from a worker thread. See README
+"The kernel fast path" for the measurements behind this choice.
+
+An owned TCP element is added with `handshake_timeout` and refreshed to
+`tcp_idle_timeout` by every packet, so an element whose expiry is past
+`handshake_timeout` belongs to an established connection; `read_back` turns
+expiries into the time of each session's last packet.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+
+from appliance.errors import UserError
+from protocols.numbers import IpProtocol
+from protocols.session_key import SessionKey
+from protocols.session_lifecycle import SERVED_HERE, Phase
+from protocols.session_table import NO_MEMBER, Session
+
+log = logging.getLogger(__name__)
+
+TABLE = "appliance"
+OWNED = "owned4"
+FOREIGN = "foreign4"
+FOREIGN_TCP_CHAIN = "foreign_tcp4"
+
+# nfnetlink, from linux/netfilter/nfnetlink.h and nf_tables.h.
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFT_MSG_NEWSETELEM = 12
+NFT_MSG_DELSETELEM = 14
+NFPROTO_BRIDGE = 7
+NLM_F_REQUEST = 0x01
+NLM_F_CREATE = 0x400
+NLMSG_ERROR = 2
+NLA_F_NESTED = 0x8000
+NFTA_SET_ELEM_LIST_TABLE = 1
+NFTA_SET_ELEM_LIST_SET = 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_TIMEOUT = 4
+NFTA_DATA_VALUE = 1
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NFGENMSG = struct.Struct("!BBH")  # family, version, resource id
+_NLATTR = struct.Struct("=HH")  # length, type
+_ERROR = struct.Struct("=i")
+MAX_BATCH = 4096  # elements per nfnetlink batch; a message stays far below 64 KiB per element
+
+
+def element_key(key: SessionKey) -> bytes:
+    """The set key of a session, as the kernel stores `ipv4_addr . inet_proto .
+    inet_service . inet_service`: each field padded to a 32-bit register."""
+    return (
+        key.client_address
+        + bytes((key.transport, 0, 0, 0))
+        + key.client_port.to_bytes(2, "big")
+        + b"\0\0"
+        + key.cluster_port.to_bytes(2, "big")
+        + b"\0\0"
+    )
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    header = _NLATTR.pack(_NLATTR.size + len(payload), kind)
+    return header + payload + b"\0" * (-len(payload) % 4)
+
+
+def _message(
+    kind: int, flags: int, sequence: int, family: int, resource: int, body: bytes
+) -> bytes:
+    payload = _NFGENMSG.pack(family, 0, resource) + body
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), kind, flags, sequence, 0) + payload
+
+
+def element_batch(
+    operation: int, set_name: str, elements: Sequence[tuple[bytes, int | None]], sequence: int
+) -> bytes:
+    """One nfnetlink batch that adds (NFT_MSG_NEWSETELEM) or removes
+    (NFT_MSG_DELSETELEM) `elements`, each a key and a timeout in milliseconds
+    (None: the set's default). The batch's messages are numbered from `sequence`."""
+    listed = b"".join(
+        _attribute(
+            NFTA_LIST_ELEM | NLA_F_NESTED,
+            _attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attribute(NFTA_DATA_VALUE, key))
+            + (
+                b""
+                if timeout is None
+                else _attribute(NFTA_SET_ELEM_TIMEOUT, timeout.to_bytes(8, "big"))
+            ),
+        )
+        for key, timeout in elements
+    )
+    body = (
+        _attribute(NFTA_SET_ELEM_LIST_TABLE, TABLE.encode() + b"\0")
+        + _attribute(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+        + _attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed)
+    )
+    flags = NLM_F_REQUEST | (NLM_F_CREATE if operation == NFT_MSG_NEWSETELEM else 0)
+    return (
+        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0, NFNL_SUBSYS_NFTABLES, b"")
+        + _message(
+            NFNL_SUBSYS_NFTABLES << 8 | operation, flags, sequence + 1, NFPROTO_BRIDGE, 0, body
+        )
+        + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence + 2, 0, NFNL_SUBSYS_NFTABLES, b"")
+    )
+
+
+def errors_in(replies: bytes) -> list[tuple[int, int]]:
+    """(sequence, errno) of each NLMSG_ERROR in `replies` that reports a failure."""
+    failures = []
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(replies):
+        length, kind, _, sequence, _ = _NLMSGHDR.unpack_from(replies, offset)
+        if length < _NLMSGHDR.size:
+            break
+        if kind == NLMSG_ERROR and length >= _NLMSGHDR.size + _ERROR.size:
+            (code,) = _ERROR.unpack_from(replies, offset + _NLMSGHDR.size)
+            if code:
+                failures.append((sequence, -code))
+        offset += (length + 3) & ~3
+    return failures
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSession:
+    """An element of a set, read back: a session and how long ago its last packet passed."""
+
+    key: SessionKey
+    age: float  # seconds since its last packet (to the kernel's 1 s resolution)
+    refreshed: bool  # a packet refreshed it since it was added (TCP: established)
+
+
+@dataclass(frozen=True, slots=True)
+class PathTimeouts:
+    handshake: float  # an owned TCP element's first timeout
+    tcp_idle: float
+    udp_idle: float
+
+
+def ruleset(
+    *,
+    cluster_ip: IPv4Address,
+    cluster_mac: str,
+    bridge_mac: str,
+    size: int,
+    timeouts: PathTimeouts,
+    degraded: bool = False,
+) -> str:
+    """The table, as an `nft -f` script; see the module docstring for the rules."""
+    fields = "ip saddr . ip protocol . th sport . th dport"
+    key_type = "ipv4_addr . inet_proto . inet_service . inet_service"
+
+    def refresh(set_name: str, timeout: float) -> str:
+        return f"update @{set_name} {{ {fields} timeout {int(timeout * 1000)}ms }}"
+
+    tcp_idle, udp_idle = refresh(OWNED, timeouts.tcp_idle), refresh(OWNED, timeouts.udp_idle)
+    foreign_idle = refresh(FOREIGN, timeouts.udp_idle)
+    return f"""
+table bridge {TABLE} {{
+    set {OWNED} {{ type {key_type}; flags timeout; size {size}; }}
+    set {FOREIGN} {{ type {key_type}; flags timeout; size {size}; }}
+    chain prerouting {{
+        type filter hook prerouting priority dstnat; policy accept;
+        ether daddr {cluster_mac} ip daddr {cluster_ip} jump cluster4
+    }}
+    chain cluster4 {{
+        ip frag-off & 0x3fff != 0 return
+        tcp flags & (syn | fin | rst) != 0 return
+        {fields} @{OWNED} meta l4proto tcp {tcp_idle} goto to_host
+        {fields} @{OWNED} meta l4proto udp {udp_idle} goto to_host
+        jump {FOREIGN_TCP_CHAIN}
+        {fields} @{FOREIGN} meta l4proto udp {foreign_idle} drop
+    }}
+    chain {FOREIGN_TCP_CHAIN} {{
+        {"" if degraded else "meta l4proto tcp drop"}
+    }}
+    chain to_host {{
+        ether daddr set {bridge_mac} meta pkttype set host accept
+    }}
+}}
+"""
+
+
+def nft(script: str) -> str:
+    """Run an `nft -f` script (blocking: call it from a worker thread)."""
+    return _run_nft(["nft", "-f", "-"], script)
+
+
+def nft_json(*command: str) -> str:
+    """One `nft -j` command's JSON output, e.g. nft_json("list", "table", ...)."""
+    return _run_nft(["nft", "-j", *command], None)
+
+
+def _run_nft(arguments: list[str], script: str | None) -> str:
+    try:
+        done = subprocess.run(
+            arguments, input=script, capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise UserError("nft is not installed (Debian: apt-get install nftables)") from None
+    if done.returncode:
+        message = done.stderr.strip().splitlines()
+        raise UserError(f"nft refused: {message[0] if message else done.returncode}")
+    return done.stdout
+
+
+def nft_available() -> bool:
+    return shutil.which("nft") is not None
+
+
+class KernelPath:
+    """The appliance's nftables table: loaded once, then driven element by element."""
+
+    def __init__(
+        self,
+        *,
+        cluster_ip: IPv4Address,
+        cluster_mac: str,
+        bridge_mac: str,
+        size: int,
+        timeouts: PathTimeouts,
+    ) -> None:
+        self.cluster_ip = cluster_ip
+        self.cluster_mac = cluster_mac
+        self.bridge_mac = bridge_mac
+        self.size = size
+        self.timeouts = timeouts
+        self.degraded = False
+        self._socket: socket.socket | None = None
+        self._sequence = 0
+        self.batches = 0
+        self.elements_added = 0
+        self.elements_removed = 0
+        self.add_failures = 0
+
+    # ------------------------------------------------ ruleset (worker thread)
+
+    def leftover(self) -> list[KernelSession]:
+        """Owned sessions of a table a crashed daemon left behind; empty when
+        there is no such table."""
+        try:
+            return self.read_back()[0]
+        except UserError:
+            return []
+
+    def load(self, keep: Iterable[SessionKey] = ()) -> None:
+        """Create the table, replacing one left by a crash, in one transaction,
+        with `keep` already in the owned set."""
+        kept = list(keep)
+        elements = ", ".join(
+            f"{_nft_key(key)} timeout {int(self._timeout(key) * 1000)}ms" for key in kept
+        )
+        script = (
+            f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
+            + ruleset(
+                cluster_ip=self.cluster_ip,
+                cluster_mac=self.cluster_mac,
+                bridge_mac=self.bridge_mac,
+                size=self.size,
+                timeouts=self.timeouts,
+            )
+            + (f"add element bridge {TABLE} {OWNED} {{ {elements} }}\n" if kept else "")
+        )
+        nft(script)
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self._socket.setblocking(False)
+        self._socket.bind((0, 0))
+
+    def remove(self) -> None:
+        """Delete the table (a clean stop); harmless when it is gone already."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        try:
+            nft(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
+        except UserError as error:
+            log.warning("could not remove the nftables table: %s", error)
+
+    def set_degraded(self, degraded: bool) -> None:
+        """Stop (or resume) dropping other members' TCP segments in the kernel."""
+        rule = (
+            ""
+            if degraded
+            else f"add rule bridge {TABLE} {FOREIGN_TCP_CHAIN} meta l4proto tcp drop\n"
+        )
+        nft(f"flush chain bridge {TABLE} {FOREIGN_TCP_CHAIN}\n{rule}")
+        self.degraded = degraded
+
+    def read_back(self) -> tuple[list[KernelSession], list[KernelSession]]:
+        """The owned and foreign sets as the kernel holds them now."""
+        return self.parse_listing(nft_json("list", "table", "bridge", TABLE))
+
+    def parse_listing(self, listing: str) -> tuple[list[KernelSession], list[KernelSession]]:
+        """The owned and foreign sets from `nft -j list table` output."""
+        owned: list[KernelSession] = []
+        foreign: list[KernelSession] = []
+        for entry in json.loads(listing).get("nftables", ()):
+            found = entry.get("set") if isinstance(entry, dict) else None
+            if not isinstance(found, dict) or found.get("name") not in (OWNED, FOREIGN):
+                continue
+            chosen = owned if found["name"] == OWNED else foreign
+            chosen.extend(self._parse_elements(found.get("elem", ())))
+        return owned, foreign
+
+    def _parse_elements(self, elements: Iterable[object]) -> list[KernelSession]:
+        parsed = []
+        for item in elements:
+            if not isinstance(item, dict):
+                continue
+            element = item.get("elem", item)
+            value = element.get("val", {}) if isinstance(element, dict) else {}
+            concat = value.get("concat") if isinstance(value, dict) else None
+            if not isinstance(concat, list) or len(concat) != 4:
+                continue
+            address, protocol, client_port, cluster_port = concat
+            transport = {"tcp": IpProtocol.TCP, "udp": IpProtocol.UDP}.get(str(protocol))
+            if transport is None:
+                continue
+            key = SessionKey(
+                int(transport),
+                ip_address(address).packed,
+                int(client_port),
+                self.cluster_ip.packed,
+                int(cluster_port),
+            )
+            # `timeout` stays what the element was added with; a packet's
+            # `update` moves only `expires`, up to the idle timeout of its kind.
+            # An owned TCP element starts at the handshake timeout, so one that
+            # expires later than that has seen a packet past the SYN.
+            added_with = float(element.get("timeout", 0))
+            expires = float(element.get("expires", 0))
+            if transport == IpProtocol.TCP:
+                refreshed = expires > self.timeouts.handshake + 1
+                idle = self.timeouts.tcp_idle if refreshed else added_with
+            else:
+                refreshed, idle = True, self.timeouts.udp_idle
+            age = max(0.0, idle - expires)
+            parsed.append(KernelSession(key, age, refreshed))
+        return parsed
+
+    # ------------------------------------------------ elements (trio thread)
+
+    def _timeout(self, key: SessionKey) -> float:
+        if key.transport == IpProtocol.TCP:
+            return self.timeouts.handshake
+        return self.timeouts.udp_idle
+
+    def add(self, set_name: str, keys: Sequence[SessionKey]) -> list[SessionKey]:
+        """Add sessions to a set; returns those that did not fit (the set is full)."""
+        elements = [(element_key(key), int(self._timeout(key) * 1000)) for key in keys]
+        failed = self._send(NFT_MSG_NEWSETELEM, set_name, elements)
+        if not failed:
+            self.elements_added += len(keys)
+            return []
+        # The batch failed whole: find what fits, one by one.
+        refused = []
+        for key, element in zip(keys, elements, strict=True):
+            if self._send(NFT_MSG_NEWSETELEM, set_name, [element]):
+                refused.append(key)
+            else:
+                self.elements_added += 1
+        self.add_failures += len(refused)
+        return refused
+
+    def remove_elements(self, set_name: str, keys: Sequence[SessionKey]) -> None:
+        """Remove sessions from a set; one the kernel already let expire is no error."""
+        elements = [(element_key(key), None) for key in keys]
+        if not self._send(NFT_MSG_DELSETELEM, set_name, elements):
+            self.elements_removed += len(keys)
+            return
+        for element in elements:
+            if not self._send(NFT_MSG_DELSETELEM, set_name, [element]):
+                self.elements_removed += 1
+
+    def _send(
+        self, operation: int, set_name: str, elements: Sequence[tuple[bytes, int | None]]
+    ) -> list[int]:
+        """Send batches; the errno of each failed one (the kernel answers inside sendmsg)."""
+        assert self._socket is not None, "load() first"
+        failures: list[int] = []
+        for start in range(0, len(elements), MAX_BATCH):
+            self._sequence = (self._sequence + 3) & 0x7FFFFFFF
+            batch = element_batch(
+                operation, set_name, elements[start : start + MAX_BATCH], self._sequence
+            )
+            try:
+                self._socket.send(batch)
+            except OSError as error:
+                failures.append(error.errno or errno.EIO)
+                continue
+            self.batches += 1
+            failures.extend(code for _, code in errors_in(self._drain()))
+        return failures
+
+    def _drain(self) -> bytes:
+        assert self._socket is not None
+        replies = b""
+        while True:
+            try:
+                replies += self._socket.recv(65536)
+            except BlockingIOError:
+                return replies
+
+
+def _nft_key(key: SessionKey) -> str:
+    protocol = "tcp" if key.transport == IpProtocol.TCP else "udp"
+    address = ip_address(key.client_address)
+    return f"{address} . {protocol} . {key.client_port} . {key.cluster_port}"
+
+
+class KernelSets:
+    """Keeps the kernel's sets in step with the claim machine's table.
+
+    The machine's table tells it (as a `protocols.session_table.TableListener`)
+    of every session won, yielded, learned or forgotten; `flush` then writes
+    the changes in one batch per set. The data plane flushes before it injects
+    a won session's first packets, so the session's later packets already find
+    their element. A session the full set refuses stays on the TUN path: its
+    packets reach the TAP (the kernel stops dropping other members' TCP
+    segments while any such session lives), and `retry_refused` moves it to
+    the set once there is room.
+    """
+
+    def __init__(self, path: KernelPath) -> None:
+        self.path = path
+        self._add_owned: dict[SessionKey, None] = {}
+        self._remove_owned: dict[SessionKey, None] = {}
+        self._add_foreign: dict[SessionKey, None] = {}
+        self._remove_foreign: dict[SessionKey, None] = {}
+        self.owned: set[SessionKey] = set()  # in the kernel's owned set, as far as we know
+        self.foreign: set[SessionKey] = set()
+        self.refused: set[SessionKey] = set()  # owned sessions served on the TUN path
+
+    # ---------------------------------------------------- TableListener
+
+    def entered(self, session: Session) -> None:
+        if session.phase is Phase.OWNED:
+            self.owned.add(session.key)  # adopted after a restart: already in the kernel
+        elif _foreign_flow(session):
+            self._queue(session.key, self._add_foreign, self._remove_foreign)
+
+    def moved(self, session: Session, before: Phase) -> None:
+        key = session.key
+        if session.phase is Phase.OWNED and before is not Phase.OWNED:
+            self._queue(key, self._add_owned, self._remove_owned)
+        elif before in SERVED_HERE and session.phase not in SERVED_HERE:
+            self._forget_owned(key)
+
+    def left(self, session: Session) -> None:
+        key = session.key
+        self._forget_owned(key)
+        if key in self.foreign or key in self._add_foreign:
+            self._queue(key, self._remove_foreign, self._add_foreign)
+            self.foreign.discard(key)
+
+    def _forget_owned(self, key: SessionKey) -> None:
+        self.refused.discard(key)
+        if key in self._add_owned:
+            del self._add_owned[key]
+        elif key in self.owned:
+            self.owned.discard(key)
+            self._remove_owned[key] = None
+
+    @staticmethod
+    def _queue(
+        key: SessionKey, into: dict[SessionKey, None], cancel: dict[SessionKey, None]
+    ) -> None:
+        cancel.pop(key, None)
+        into[key] = None
+
+    # ---------------------------------------------------- writing
+
+    @property
+    def pending(self) -> bool:
+        return bool(
+            self._add_owned or self._remove_owned or self._add_foreign or self._remove_foreign
+        )
+
+    def flush(self) -> None:
+        """Write the queued changes: removals first, so a key re-used at once
+        is added afresh."""
+        path = self.path
+        if self._remove_owned:
+            path.remove_elements(OWNED, list(self._remove_owned))
+            self._remove_owned.clear()
+        if self._remove_foreign:
+            path.remove_elements(FOREIGN, list(self._remove_foreign))
+            self._remove_foreign.clear()
+        if self._add_owned:
+            keys = list(self._add_owned)
+            self._add_owned.clear()
+            refused = set(path.add(OWNED, keys))
+            self.owned.update(key for key in keys if key not in refused)
+            if refused:
+                self.refused |= refused
+                if not path.degraded:
+                    # Once per fill, and before the refused sessions' next
+                    # packets: a few milliseconds of `nft` on this thread.
+                    log.warning(
+                        "the kernel's owned set is full (%d): new sessions are served on "
+                        "the TUN path until it has room",
+                        path.size,
+                    )
+                    path.set_degraded(True)
+        if self._add_foreign:
+            keys = list(self._add_foreign)
+            self._add_foreign.clear()
+            refused = set(path.add(FOREIGN, keys))  # a refused one is dropped in Python
+            self.foreign.update(key for key in keys if key not in refused)
+
+    def retry_refused(self) -> None:
+        """Move sessions served on the TUN path into the set, if it has room now."""
+        if not self.refused:
+            return
+        keys = list(self.refused)
+        refused = set(self.path.add(OWNED, keys))
+        self.owned.update(key for key in keys if key not in refused)
+        self.refused = refused
+
+
+def _foreign_flow(session: Session) -> bool:
+    """A UDP flow another member asserted: the kernel may drop its datagrams."""
+    return (
+        session.key.transport == IpProtocol.UDP
+        and session.phase is Phase.FOREIGN
+        and session.best_asserted
+        and session.best_member != NO_MEMBER
+    )

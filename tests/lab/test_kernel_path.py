@@ -1,0 +1,122 @@
+"""The kernel fast path, end to end: what the kernel carries, and what survives.
+
+Each test states its invariant; the servers' logs and the clients' checksums
+are the witnesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+from lab.namespaces import Lab
+from tests.lab.conftest import Cluster, unique_paths
+
+
+def test_bytes_moved_never_reach_python(cluster: Cluster) -> None:
+    """A 20 MB download and 20 MB upload on the fast path: the serving member's
+    Python handles a few frames per session (its start and end, and the
+    claims), however many bytes move."""
+    for member in cluster.members:
+        member.services.write_file("large", 20_000_000)
+    before = {member.name: member.appliance.status().frames["frames"] for member in cluster.members}
+    fetched = cluster.download(["/files/large?down"])
+    assert [(code, size) for _, code, size, _ in fetched] == [(200, 20_000_000)]
+    uploaded = cluster.client.run(
+        [
+            "bash",
+            "-c",
+            f"head -c 20000000 /dev/zero | curl -s -o /dev/null -w '%{{http_code}}' "
+            f"--data-binary @- http://{cluster.cluster_ip}/sink?up",
+        ],
+        check=False,
+        timeout=60,
+    )
+    assert uploaded.stdout.strip() == "200", uploaded.stdout
+    time.sleep(1.5)  # the read-back of the kernel's sets
+    handled = {
+        member.name: member.appliance.status().frames["frames"] - before[member.name]
+        for member in cluster.members
+    }
+    # 20 MB is over 13,000 full-size frames each way; the start, the end and
+    # the claim messages of two sessions, and a few hellos, are far fewer.
+    assert max(handled.values()) < 200, handled
+
+
+def test_transfers_outlive_a_kill_9_of_every_daemon_and_are_relearned(cluster: Cluster) -> None:
+    """Every member's daemon is killed with SIGKILL while long transfers run: none
+    breaks (the kernel carries them), and when the daemons start again they
+    re-learn the sessions from the kernel's set and serve new ones."""
+    size = 1_200_000
+    expected = None
+    for member in cluster.members:
+        expected = hashlib.sha256(member.services.write_file("big", size).read_bytes()).hexdigest()
+    transfers = unique_paths(6, "long")
+    script = " & ".join(
+        f"curl -s --no-keepalive --max-time 60 http://{cluster.cluster_ip}/slow/big?{path} "
+        f"| sha256sum | cut -c1-64"
+        for path in transfers
+    )
+    results: list[str] = []
+    runner = threading.Thread(
+        target=lambda: results.extend(
+            cluster.client.run(["bash", "-c", script + " & wait"], timeout=120).stdout.split()
+        )
+    )
+    runner.start()
+    time.sleep(1.5)
+    for member in cluster.members:
+        member.appliance.kill()
+    time.sleep(1.0)
+    assert runner.is_alive(), "the transfers ended before the daemons were killed"
+    for member in cluster.members:
+        member.appliance.start(cluster.cluster_ip, "--fast-path", "on")
+    relearned = sum(
+        member.appliance.status().counters["sessions_adopted"] for member in cluster.members
+    )
+    runner.join()
+    assert results == [expected] * len(transfers)
+    assert relearned >= len(transfers), relearned
+    cluster.wait_settled()
+    after = cluster.curl(unique_paths(60, "after"), parallel=10)
+    assert all(code == 200 for _, code, _ in after), after
+
+
+def test_a_full_set_sends_new_sessions_to_the_tun_path(lab_segment: Lab, tmp_path: Path) -> None:
+    """With room for 16 sessions in the kernel's owned set, 60 requests to one
+    member all succeed: past the 16th the set refuses, the member serves on the
+    TUN path (and says so), and once the closed sessions leave the set it is
+    back on the fast path."""
+    config = tmp_path / "small-set.toml"
+    config.write_text("kernel_set_size = 16\nfin_timeout = 2.0\n")
+    cluster = Cluster(lab_segment)
+    try:
+        member = cluster.add_member("--config", str(config), dns=False)
+        cluster.wait_settled()
+        results = cluster.curl(unique_paths(60, "full"))
+        assert [code for _, code, _ in results] == [200] * 60
+        status = member.appliance.status()
+        assert status.frames["kernel_add_refused"] > 0, status.frames
+        assert status.data_path.startswith("kernel, degraded"), status.data_path
+        deadline = time.monotonic() + 20
+        while member.appliance.status().data_path != "kernel":
+            assert time.monotonic() < deadline, member.appliance.status().data_path
+            time.sleep(0.5)
+        again = cluster.curl(unique_paths(10, "again"))
+        assert [code for _, code, _ in again] == [200] * 10
+    finally:
+        for started in cluster.members:
+            started.appliance.stop()
+
+
+def test_a_clean_stop_removes_the_table_and_the_tun(lab_segment: Lab) -> None:
+    """SIGTERM on the fast path: the nftables table and the (persistent) TUN go."""
+    cluster = Cluster(lab_segment)
+    member = cluster.add_member(dns=False)
+    node = member.node
+    assert "table bridge appliance" in node.run(["nft", "list", "tables"]).stdout
+    assert member.appliance.stop() == 0, member.appliance.log_tail()
+    assert "appliance" not in node.run(["nft", "list", "tables"]).stdout
+    assert "apl-tun0" not in node.run(["ip", "-o", "link", "show"]).stdout
