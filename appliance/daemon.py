@@ -64,7 +64,7 @@ from protocols.session_table import PENDING
 log = logging.getLogger("appliance")
 
 FACTS_INTERVAL = 1.0
-KERNEL_READ_BACK_INTERVAL = 1.0  # seconds between reads of the fast path's sets
+KERNEL_ROOM_INTERVAL = 1.0  # while the owned set is full: seconds between tries to move back
 ANNOUNCEMENTS = 3
 STATUS_INTERVAL = 10.0
 MAX_SESSIONS_LISTED = 10_000
@@ -207,6 +207,7 @@ class Daemon:
             load=self.local_load(),
             listening=listening_ports(config.cluster_ip),
             table_listener=kernel,
+            activity=kernel,
         )
         # Sessions the kernel kept serving while no daemon ran are this
         # member's again, asserted to peers, before anything new is claimed.
@@ -249,7 +250,7 @@ class Daemon:
                     await nursery.start(metrics.serve)
                 nursery.start_soon(self._refresh_local_facts)
                 if kernel is not None:
-                    nursery.start_soon(self.plane.follow_kernel, KERNEL_READ_BACK_INTERVAL)
+                    nursery.start_soon(self.plane.keep_kernel_room, KERNEL_ROOM_INTERVAL)
                 nursery.start_soon(self._announce)
                 nursery.start_soon(self._report_to_systemd)
                 log.info(
@@ -439,6 +440,7 @@ class Daemon:
             "kernel_elements_added": path.elements_added,
             "kernel_elements_removed": path.elements_removed,
             "kernel_add_refused": path.add_failures,
+            "kernel_queries": path.queries,
         }
 
     def sessions(self, now: float, limit: int) -> SessionListing:

@@ -29,7 +29,7 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum, auto
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from protocols.classifier import Classified, FrameKind
 from protocols.numbers import IpProtocol, TcpFlags
@@ -195,6 +195,19 @@ class DecisionRule(Protocol):
     ) -> float | None: ...
 
 
+class Activity(NamedTuple):
+    last_seen: float
+    established: bool  # the client has sent more than its SYN
+
+
+class ActivitySource(Protocol):
+    """Where a session's packets pass when they pass outside the machine: the
+    shell's kernel fast path. Asked only when a session's idle or handshake
+    timer is due, so the machine forgets no session that is still busy."""
+
+    def last_activity(self, session: Session, now: float) -> Activity | None: ...
+
+
 class AcknowledgedRule:
     """Rule 3: once every live member acknowledged the claim, decide it at
     `guard` after it was sent (or now, if later)."""
@@ -310,12 +323,14 @@ class ClaimMachine:
         listening: frozenset[tuple[int, int]] | None = None,
         decision_rule: DecisionRule = ACKNOWLEDGED,
         table_listener: TableListener | None = None,
+        activity: ActivitySource | None = None,
     ) -> None:
         self.member_id = member_id
         self.settings = settings
         self.counters = Counters()
         self.drops = dict.fromkeys(DROP_REASONS, 0)
         self._decision_rule = decision_rule
+        self._activity = activity
         self._table = SessionTable(settings.max_sessions, table_listener)
         self._peers = PeerTable(
             member_timeout=settings.member_timeout,
@@ -901,6 +916,13 @@ class ClaimMachine:
             self._send_assertion(session)
             advance_repeat(session)
         expires = self._expiry(session)
+        if now >= expires and self._activity is not None:
+            # Its packets may have passed outside this machine (the kernel
+            # fast path): ask before forgetting it.
+            seen = self._activity.last_activity(session, now)
+            if seen is not None:
+                self.note_activity(session.key, seen.last_seen, established=seen.established)
+                expires = self._expiry(session)
         if now >= expires:
             self._remove(session)
             return
@@ -1104,6 +1126,15 @@ class ClaimMachine:
         README's known limits).
         """
         victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
+        for _ in range(8):  # bounded: a few half-open-looking sessions may be carried
+            if victim is None or not victim.mine or victim.established or self._activity is None:
+                break
+            seen = self._activity.last_activity(victim, victim.last_seen)
+            if seen is None or not seen.established:
+                break
+            # Its handshake completed where this machine did not see it.
+            self._table.mark_established(victim)
+            victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
         if victim is None:
             return False
         if victim.mine:

@@ -3,18 +3,22 @@
     sudo .venv/bin/python -m tools.bench_lab [--members 3] [--seconds 5]
 
 The lab has N members; members 2..N run with weight 0, so every session goes
-to member 1 while the others still read, classify and drop every frame (as
-they would in a real cluster). "direct" is the client talking to member 1's
-own address, bypassing the appliance; "cluster" is the cluster IP. Figures:
+to member 1 while the others still see every frame (and drop it: in their
+kernel on the fast path, in Python on the TUN path). Each round measures the
+cluster IP on the kernel fast path, then (every daemon restarted with
+`--fast-path off`) on the TUN path, then "direct": the client talking to
+member 1's own address, bypassing the appliance. Figures:
 
 - bulk TCP, one iperf3 stream, client to server (every data segment passes
   through the appliance) and server to client (only the client's ACKs do);
 - new connections per second: wrk, each short HTTP request on a new
   connection (Connection: close) to nginx;
-- first-packet latency: TCP connect() time (SYN to SYN-ACK) at p50 and p99.
+- first-packet latency: TCP connect() time (SYN to SYN-ACK) at p50 and p99;
+- Python's share: the most frames any member's Python read per new session
+  (during the wrk run), and during the upload.
 
 Each figure is the median of --rounds rounds (3 by default), each round
-measuring both paths, so a burst of noise on a shared VM moves one round, not
+measuring every path, so a burst of noise on a shared VM moves one round, not
 the result. Writes tools/figures/lab.json with every round. Ratios carry over
 between machines; absolute figures do not.
 """
@@ -23,15 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-from lab.members import start_member
+from lab.members import LabMember, start_member
 from lab.namespaces import Lab, Node, build_lab
 
 FIGURES = Path(__file__).parent / "figures" / "lab.json"
@@ -94,23 +98,81 @@ def connect_latency(client: Node, target: str, count: int) -> tuple[float, float
     return statistics.median(samples), p99
 
 
-def measure(segment: Lab, seconds: float, probes: int) -> dict[str, Any]:
+def python_frames(members: list[LabMember]) -> list[tuple[int, int]]:
+    """(frames read by Python, sessions started) on each member, from `status`."""
+    counts = []
+    for member in members:
+        status = member.appliance.status()
+        counts.append((status.frames["frames"], status.counters["sessions_started"]))
+    return counts
+
+
+def frames_per_session(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float:
+    """The most frames any member's Python read per new session in between."""
+    return max(
+        (frames - frames_before) / max(1, sessions - sessions_before)
+        for (frames_before, sessions_before), (frames, sessions) in zip(before, after, strict=True)
+    )
+
+
+def measure(
+    segment: Lab, members: list[LabMember], target: str, seconds: float, probes: int
+) -> dict[str, float]:
+    """Every figure against one target address (the cluster IP, or m1's own)."""
     client = segment.clients[0]
-    server = segment.members[0]
-    paths = {"direct": str(server.address), "cluster": str(segment.cluster_ip)}
-    figures: dict[str, Any] = {}
-    for name, target in paths.items():
-        connect_latency(client, target, 20)  # warm the neighbour caches
-        figures[name] = {
-            "upload_gbps": iperf(client, target, seconds, reverse=False),
-            "download_gbps": iperf(client, target, seconds, reverse=True),
-            "connections_per_second": connections_per_second(client, target, seconds),
-        }
-        p50, p99 = connect_latency(client, target, probes)
-        figures[name]["connect_p50_ms"] = p50
-        figures[name]["connect_p99_ms"] = p99
-        print(f"  {name:8} {figures[name]}")
+    connect_latency(client, target, 20)  # warm the neighbour caches
+    figures: dict[str, float] = {}
+    before = python_frames(members)
+    figures["upload_gbps"] = iperf(client, target, seconds, reverse=False)
+    after = python_frames(members)
+    figures["upload_python_frames"] = max(
+        frames - earlier for (earlier, _), (frames, _) in zip(before, after, strict=True)
+    )
+    figures["download_gbps"] = iperf(client, target, seconds, reverse=True)
+    before = python_frames(members)
+    figures["connections_per_second"] = connections_per_second(client, target, seconds)
+    figures["python_frames_per_session"] = frames_per_session(before, python_frames(members))
+    p50, p99 = connect_latency(client, target, probes)
+    figures["connect_p50_ms"] = p50
+    figures["connect_p99_ms"] = p99
     return figures
+
+
+def start_cluster(segment: Lab, members: int, path: str) -> list[LabMember]:
+    """m1 serves every session; the others run with weight 0 on the same path."""
+    flags = ("--fast-path", "on" if path == "kernel" else "off")
+    serving = start_member(segment, *flags, dns=False)
+    cluster = [serving]
+    cluster.extend(
+        start_member(segment, *flags, "--weight", "0", dns=False) for _ in range(members - 1)
+    )
+    return cluster
+
+
+def restart_on(members: list[LabMember], cluster_ip: str, path: str) -> None:
+    flags = ("--fast-path", "on" if path == "kernel" else "off")
+    for index, member in enumerate(members):
+        member.appliance.stop()
+        weight = () if index == 0 else ("--weight", "0")
+        member.appliance.start(cluster_ip, *flags, *weight)
+    deadline = time.monotonic() + 10
+    while any(len(member.appliance.status().members) != len(members) for member in members):
+        if time.monotonic() > deadline:
+            raise SystemExit("the members never saw each other after the restart")
+        time.sleep(0.2)
+    while members[0].appliance.status().warming:
+        time.sleep(0.2)
+
+
+KEYS = (
+    "upload_gbps",
+    "download_gbps",
+    "connections_per_second",
+    "connect_p50_ms",
+    "connect_p99_ms",
+    "python_frames_per_session",
+    "upload_python_frames",
+)
 
 
 def main() -> None:
@@ -120,43 +182,62 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=500, help="connects for the latency figure")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     arguments = parser.parse_args()
+    rounds: list[dict[str, dict[str, float]]] = []
     with build_lab(members=0, clients=1) as segment:
-        serving = start_member(segment, dns=False)
-        others = [
-            start_member(segment, "--weight", "0", dns=False) for _ in range(arguments.members - 1)
-        ]
+        members = start_cluster(segment, arguments.members, "kernel")
+        serving = members[0]
         iperf_server = serving.node.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while "tcp/5201" not in serving.appliance.status().listening:
-            if time.monotonic() > deadline:
-                raise SystemExit("the appliance never saw iperf3 listening on port 5201")
-            time.sleep(0.2)
+        cluster_ip = str(segment.cluster_ip)
         try:
             print(f"lab with {arguments.members} members; every session served by m1")
-            rounds = []
             for number in range(arguments.rounds):
                 print(f"round {number + 1} of {arguments.rounds}")
-                rounds.append(measure(segment, arguments.seconds, arguments.probes))
-            won_elsewhere = sum(other.appliance.status().counters["claims_won"] for other in others)
+                figures: dict[str, dict[str, float]] = {}
+                for path in ("kernel", "tun"):
+                    restart_on(members, cluster_ip, path)
+                    wait_listening(serving, "tcp/5201")
+                    figures[path] = measure(
+                        segment, members, cluster_ip, arguments.seconds, arguments.probes
+                    )
+                    print(f"  {path:8} {figures[path]}")
+                figures["direct"] = measure(
+                    segment, members, str(serving.node.address), arguments.seconds, arguments.probes
+                )
+                print(f"  {'direct':8} {figures['direct']}")
+                rounds.append(figures)
+            won_elsewhere = sum(
+                other.appliance.status().counters["claims_won"] for other in members[1:]
+            )
             if won_elsewhere:
                 raise SystemExit(f"members of weight 0 won {won_elsewhere} sessions")
         finally:
             iperf_server.terminate()
-    direct, cluster = (
-        {key: statistics.median(one[path][key] for one in rounds) for key in rounds[0][path]}
-        for path in ("direct", "cluster")
-    )
+    medians = {
+        path: {key: statistics.median(one[path][key] for one in rounds) for key in KEYS}
+        for path in ("direct", "kernel", "tun")
+    }
+    spread = {
+        path: {
+            key: [min(one[path][key] for one in rounds), max(one[path][key] for one in rounds)]
+            for key in KEYS
+        }
+        for path in ("kernel", "tun")
+    }
+    direct = medians["direct"]
     ratios = {
-        "upload": cluster["upload_gbps"] / direct["upload_gbps"],
-        "download": cluster["download_gbps"] / direct["download_gbps"],
-        "connections_per_second": cluster["connections_per_second"]
-        / direct["connections_per_second"],
-        "connect_p50": cluster["connect_p50_ms"] / direct["connect_p50_ms"],
-        "connect_p99": cluster["connect_p99_ms"] / direct["connect_p99_ms"],
+        path: {
+            "upload": medians[path]["upload_gbps"] / direct["upload_gbps"],
+            "download": medians[path]["download_gbps"] / direct["download_gbps"],
+            "connections_per_second": medians[path]["connections_per_second"]
+            / direct["connections_per_second"],
+            "connect_p50": medians[path]["connect_p50_ms"] / direct["connect_p50_ms"],
+            "connect_p99": medians[path]["connect_p99_ms"] / direct["connect_p99_ms"],
+        }
+        for path in ("kernel", "tun")
     }
     print()
-    print(f"medians of {arguments.rounds} rounds")
-    print(f"{'':34} {'direct':>10} {'cluster':>10} {'ratio':>7}")
+    print(f"medians of {arguments.rounds} rounds (ratio: against direct)")
+    print(f"{'':34} {'direct':>9} {'kernel':>9} {'ratio':>6} {'tun':>9} {'ratio':>6}")
     rows = [
         ("bulk TCP client->server (Gbit/s)", "upload_gbps", "upload"),
         ("bulk TCP server->client (Gbit/s)", "download_gbps", "download"),
@@ -165,7 +246,16 @@ def main() -> None:
         ("SYN to SYN-ACK p99 (ms)", "connect_p99_ms", "connect_p99"),
     ]
     for label, key, ratio in rows:
-        print(f"{label:34} {direct[key]:10.2f} {cluster[key]:10.2f} {ratios[ratio]:6.2f}x")
+        print(
+            f"{label:34} {direct[key]:9.2f} {medians['kernel'][key]:9.2f} "
+            f"{ratios['kernel'][ratio]:6.2f} {medians['tun'][key]:9.2f} "
+            f"{ratios['tun'][ratio]:6.2f}"
+        )
+    for label, key in (
+        ("Python frames per new session", "python_frames_per_session"),
+        ("Python frames during the upload", "upload_python_frames"),
+    ):
+        print(f"{label:34} {'':9} {medians['kernel'][key]:9.1f} {'':6} {medians['tun'][key]:9.1f}")
     FIGURES.parent.mkdir(exist_ok=True)
     FIGURES.write_text(
         json.dumps(
@@ -174,15 +264,26 @@ def main() -> None:
                 "seconds": arguments.seconds,
                 "rounds": rounds,
                 "python": platform.python_version(),
-                "cpus": __import__("os").cpu_count(),
-                "direct": direct,
-                "cluster": cluster,
-                "ratios": {key: round(value, 3) for key, value in ratios.items()},
+                "cpus": os.cpu_count(),
+                "medians": medians,
+                "spread": spread,
+                "ratios": {
+                    path: {key: round(value, 3) for key, value in values.items()}
+                    for path, values in ratios.items()
+                },
             },
             indent=2,
         )
         + "\n"
     )
+
+
+def wait_listening(member: LabMember, port: str) -> None:
+    deadline = time.monotonic() + 10
+    while port not in member.appliance.status().listening:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the appliance never saw {port} listening")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ At the bridge's prerouting hook, ahead of br_netfilter and conntrack
 (priority -300, `dstnat`), every IPv4 frame to the cluster MAC and address
 meets these rules, in order:
 
-1. fragments, and TCP segments with SYN, FIN or RST, go on to the TAP: the
-   claim machine decides sessions and tracks their ends;
+1. fragments and TCP SYNs go on to the TAP: the claim machine decides
+   sessions;
 2. a session in `owned4` (client address . protocol . client port . cluster
    port) is handed to the local stack (Ethernet destination set to the
    bridge's MAC, `meta pkttype set host`), and its element's timeout is
    refreshed (`update`): the kernel serves it with no Python in the way;
-3. any other TCP segment is dropped in the kernel: a mid-stream packet of a
-   session this member does not serve (another's, or one it never saw start,
-   so a late joiner still never claims it). This rule lives in its own chain,
+   its FIN and RST go on to the TAP instead, so that the claim machine knows
+   when it ends (and injects them itself);
+3. any other TCP segment is dropped in the kernel: a mid-stream packet (or
+   the end) of a session this member does not serve (another's, or one it
+   never saw start, so a late joiner still never claims it). Without its
+   handshake or its end, the claim machine forgets such a session after
+   `handshake_timeout`. This rule lives in its own chain,
    `foreign_tcp4`, which is emptied while the set is full (`degrade`): new
    sessions are then served on the TUN path, with every packet through Python;
 4. a UDP flow in `foreign4` (asserted by another member) is dropped;
@@ -46,6 +50,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 
 from appliance.errors import UserError
+from protocols.claim_machine import Activity
 from protocols.numbers import IpProtocol
 from protocols.session_key import SessionKey
 from protocols.session_lifecycle import SERVED_HERE, Phase
@@ -64,6 +69,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
+NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
 NFPROTO_BRIDGE = 7
 NLM_F_REQUEST = 0x01
@@ -76,6 +82,7 @@ NFTA_SET_ELEM_LIST_ELEMENTS = 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY = 1
 NFTA_SET_ELEM_TIMEOUT = 4
+NFTA_SET_ELEM_EXPIRATION = 5
 NFTA_DATA_VALUE = 1
 
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
@@ -143,6 +150,55 @@ def element_batch(
     )
 
 
+def element_query(set_name: str, key: bytes, sequence: int) -> bytes:
+    """A request for one element of a set (NFT_MSG_GETSETELEM, not a dump)."""
+    listed = _attribute(
+        NFTA_LIST_ELEM | NLA_F_NESTED,
+        _attribute(NFTA_SET_ELEM_KEY | NLA_F_NESTED, _attribute(NFTA_DATA_VALUE, key)),
+    )
+    body = (
+        _attribute(NFTA_SET_ELEM_LIST_TABLE, TABLE.encode() + b"\0")
+        + _attribute(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+        + _attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed)
+    )
+    kind = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETSETELEM
+    return _message(kind, NLM_F_REQUEST, sequence, NFPROTO_BRIDGE, 0, body)
+
+
+def _attributes(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type (nesting flag cleared): (payload start, payload end)."""
+    found = {}
+    while start + _NLATTR.size <= end:
+        length, kind = _NLATTR.unpack_from(data, start)
+        if length < _NLATTR.size:
+            break
+        found[kind & ~NLA_F_NESTED] = (start + _NLATTR.size, start + length)
+        start += (length + 3) & ~3
+    return found
+
+
+def expiration_in(reply: bytes) -> int | None:
+    """Milliseconds until the element in an NFT_MSG_NEWSETELEM reply expires;
+    None for an error reply (no such element) or an element without one."""
+    if len(reply) < _NLMSGHDR.size + _NFGENMSG.size:
+        return None
+    length, kind, _, _, _ = _NLMSGHDR.unpack_from(reply)
+    if kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWSETELEM:
+        return None
+    end = min(length, len(reply))
+    top = _attributes(reply, _NLMSGHDR.size + _NFGENMSG.size, end)
+    if NFTA_SET_ELEM_LIST_ELEMENTS not in top:
+        return None
+    listed = _attributes(reply, *top[NFTA_SET_ELEM_LIST_ELEMENTS])
+    if NFTA_LIST_ELEM not in listed:
+        return None
+    element = _attributes(reply, *listed[NFTA_LIST_ELEM])
+    if NFTA_SET_ELEM_EXPIRATION not in element:
+        return None
+    start, stop = element[NFTA_SET_ELEM_EXPIRATION]
+    return int.from_bytes(reply[start:stop], "big")
+
+
 def errors_in(replies: bytes) -> list[tuple[int, int]]:
     """(sequence, errno) of each NLMSG_ERROR in `replies` that reports a failure."""
     failures = []
@@ -203,7 +259,8 @@ table bridge {TABLE} {{
     }}
     chain cluster4 {{
         ip frag-off & 0x3fff != 0 return
-        tcp flags & (syn | fin | rst) != 0 return
+        tcp flags & syn != 0 return
+        {fields} @{OWNED} tcp flags & (fin | rst) != 0 return
         {fields} @{OWNED} meta l4proto tcp {tcp_idle} goto to_host
         {fields} @{OWNED} meta l4proto udp {udp_idle} goto to_host
         jump {FOREIGN_TCP_CHAIN}
@@ -270,6 +327,7 @@ class KernelPath:
         self.elements_added = 0
         self.elements_removed = 0
         self.add_failures = 0
+        self.queries = 0
 
     # ------------------------------------------------ ruleset (worker thread)
 
@@ -399,6 +457,19 @@ class KernelPath:
                 self.elements_added += 1
         self.add_failures += len(refused)
         return refused
+
+    def expiration(self, set_name: str, key: SessionKey) -> float | None:
+        """Seconds until the session's element expires; None if it is not in the set."""
+        assert self._socket is not None, "load() first"
+        self._drain()  # nothing else waits on this socket: every exchange completes in place
+        self._sequence = (self._sequence + 1) & 0x7FFFFFFF
+        try:
+            self._socket.send(element_query(set_name, element_key(key), self._sequence))
+        except OSError:
+            return None
+        self.queries += 1
+        milliseconds = expiration_in(self._drain())
+        return None if milliseconds is None else milliseconds / 1000
 
     def remove_elements(self, set_name: str, keys: Sequence[SessionKey]) -> None:
         """Remove sessions from a set; one the kernel already let expire is no error."""
@@ -545,6 +616,30 @@ class KernelSets:
             self._add_foreign.clear()
             refused = set(path.add(FOREIGN, keys))  # a refused one is dropped in Python
             self.foreign.update(key for key in keys if key not in refused)
+
+    # ---------------------------------------------------- ActivitySource
+
+    def last_activity(self, session: Session, now: float) -> Activity | None:
+        """When the kernel last passed a packet of a session it carries: asked
+        when the session's idle or handshake timer is due. An element's expiry
+        is refreshed to the idle timeout by every packet; an owned TCP element
+        starts at the handshake timeout, so a later expiry means the client
+        sent more than its SYN."""
+        key = session.key
+        timeouts = self.path.timeouts
+        if key in self.owned:
+            expires = self.path.expiration(OWNED, key)
+        elif key in self.foreign:
+            expires = self.path.expiration(FOREIGN, key)
+        else:
+            return None
+        if expires is None:
+            return None  # the kernel let it expire: idle there too
+        if key.transport != IpProtocol.TCP:
+            return Activity(now - (timeouts.udp_idle - expires), established=True)
+        if expires > timeouts.handshake + 1:
+            return Activity(now - (timeouts.tcp_idle - expires), established=True)
+        return None  # only its SYN so far: the handshake timer stands
 
     def retry_refused(self) -> None:
         """Move sessions served on the TUN path into the set, if it has room now."""

@@ -111,29 +111,21 @@ class DataPlane:
                 self.counters.busy_batches += 1
                 await trio.lowlevel.checkpoint()
 
-    async def follow_kernel(self, interval: float) -> None:
-        """On the fast path, read the kernel's sets back every `interval`: the
-        packets it carried are activity the claim machine must know of (idle
-        timers, established handshakes). While the owned set is full, sessions
-        go to the TUN path; once it has room they move back."""
+    async def keep_kernel_room(self, interval: float) -> None:
+        """On the fast path, while the owned set is full, try every `interval`
+        to move the sessions served on the TUN path into it; once none is
+        left, the kernel drops other members' TCP segments again."""
         kernel = self.kernel
         assert kernel is not None
         path = kernel.path
         while True:
             await trio.sleep(interval)
-            owned, foreign = await trio.to_thread.run_sync(path.read_back)
-            now = trio.current_time()
-            note = self.machine.note_activity
-            for carried in owned:
-                note(carried.key, now - carried.age, established=carried.refreshed)
-            for carried in foreign:
-                note(carried.key, now - carried.age, established=True)
-            if path.degraded:
-                kernel.retry_refused()
-                if not kernel.refused and len(owned) < path.size * 0.9:
-                    await trio.to_thread.run_sync(path.set_degraded, False)
-                    log.info("the kernel's owned set has room again: back on the fast path")
-            self.carry_out()
+            if not path.degraded:
+                continue
+            kernel.retry_refused()
+            if not kernel.refused and len(kernel.owned) < path.size * 0.9:
+                await trio.to_thread.run_sync(path.set_degraded, False)
+                log.info("the kernel's owned set has room again: back on the fast path")
 
     def wake(self) -> None:
         """Run the loop now: the machine's state changed from outside (control, facts)."""

@@ -7,10 +7,12 @@ are the witnesses.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+from lab.members import appliance_command, bridge_member
 from lab.namespaces import Lab
 from tests.lab.conftest import Cluster, unique_paths
 
@@ -120,3 +122,39 @@ def test_a_clean_stop_removes_the_table_and_the_tun(lab_segment: Lab) -> None:
     assert member.appliance.stop() == 0, member.appliance.log_tail()
     assert "appliance" not in node.run(["nft", "list", "tables"]).stdout
     assert "apl-tun0" not in node.run(["ip", "-o", "link", "show"]).stdout
+
+
+def test_without_nft_on_refuses_in_one_line_and_auto_runs_the_tun_path(
+    lab_segment: Lab, tmp_path: Path
+) -> None:
+    """No `nft` on the PATH: `--fast-path on` refuses to start with one line and
+    no traceback; `auto` says which path runs and serves on the TUN path."""
+    node = lab_segment.add_host("member")
+    bridge_member(node)
+    empty = tmp_path / "no-nft"
+    empty.mkdir()
+    without_nft = ["env", f"PATH={empty}", *appliance_command()]
+    run = ["run", "--cluster-ip", str(lab_segment.cluster_ip), "--interface", "eth0"]
+    refused = node.run([*without_nft, *run, "--fast-path", "on"], check=False, timeout=30)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert "Traceback" not in refused.stderr
+    assert lines[-1].startswith("appliance-ctl: error: fast_path = on, but the kernel fast path"), (
+        lines
+    )
+    assert "nft is not installed" in lines[-1]
+    log = tmp_path / "auto.log"
+    with log.open("wb") as written:
+        daemon = node.popen([*without_nft, *run], stdout=subprocess.DEVNULL, stderr=written)
+    try:
+        deadline = time.monotonic() + 20
+        while node.run([*appliance_command(), "status"], check=False).returncode != 0:
+            assert daemon.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        status = node.run([*appliance_command(), "status", "--json"]).stdout
+        assert '"data_path": "tun"' in status
+        assert "serving on the TUN path" in log.read_text()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
