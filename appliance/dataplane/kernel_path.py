@@ -89,7 +89,9 @@ _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _NFGENMSG = struct.Struct("!BBH")  # family, version, resource id
 _NLATTR = struct.Struct("=HH")  # length, type
 _ERROR = struct.Struct("=i")
-MAX_BATCH = 4096  # elements per nfnetlink batch; a message stays far below 64 KiB per element
+# Elements per nfnetlink batch: the list attribute holds at most 64 KiB, and an
+# element with its key and timeout takes about 40 bytes.
+MAX_BATCH = 1024
 
 
 def element_key(key: SessionKey) -> bytes:
@@ -344,7 +346,7 @@ class KernelPath:
         with `keep` already in the owned set."""
         kept = list(keep)
         elements = ", ".join(
-            f"{_nft_key(key)} timeout {int(self._timeout(key) * 1000)}ms" for key in kept
+            f"{nft_key(key)} timeout {int(self._timeout(key) * 1000)}ms" for key in kept
         )
         script = (
             f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
@@ -511,7 +513,7 @@ class KernelPath:
                 return replies
 
 
-def _nft_key(key: SessionKey) -> str:
+def nft_key(key: SessionKey) -> str:
     protocol = "tcp" if key.transport == IpProtocol.TCP else "udp"
     address = ip_address(key.client_address)
     return f"{address} . {protocol} . {key.client_port} . {key.cluster_port}"
