@@ -108,10 +108,13 @@ def python_frames(members: list[LabMember]) -> list[tuple[int, int]]:
 
 
 def frames_per_session(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float:
-    """The most frames any member's Python read per new session in between."""
+    """The most frames any member's Python read per new session in between. New
+    sessions are counted on m1, which serves them all (another member may learn
+    a session from its claim before it sees the SYN, and counts none)."""
+    sessions = max(1, after[0][1] - before[0][1])
     return max(
-        (frames - frames_before) / max(1, sessions - sessions_before)
-        for (frames_before, sessions_before), (frames, sessions) in zip(before, after, strict=True)
+        (frames - frames_before) / sessions
+        for (frames_before, _), (frames, _) in zip(before, after, strict=True)
     )
 
 

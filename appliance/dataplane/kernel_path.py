@@ -59,6 +59,13 @@ from protocols.session_table import NO_MEMBER, Session
 log = logging.getLogger(__name__)
 
 TABLE = "appliance"
+CARRIED = frozenset({IpProtocol.TCP, IpProtocol.UDP})  # what the sets' rules carry
+PROTOCOL_NAMES = {
+    "tcp": IpProtocol.TCP,
+    "udp": IpProtocol.UDP,
+    str(int(IpProtocol.TCP)): IpProtocol.TCP,
+    str(int(IpProtocol.UDP)): IpProtocol.UDP,
+}
 OWNED = "owned4"
 FOREIGN = "foreign4"
 FOREIGN_TCP_CHAIN = "foreign_tcp4"
@@ -209,7 +216,11 @@ def errors_in(replies: bytes) -> list[tuple[int, int]]:
         length, kind, _, sequence, _ = _NLMSGHDR.unpack_from(replies, offset)
         if length < _NLMSGHDR.size:
             break
-        if kind == NLMSG_ERROR and length >= _NLMSGHDR.size + _ERROR.size:
+        if (
+            kind == NLMSG_ERROR
+            and length >= _NLMSGHDR.size + _ERROR.size
+            and offset + _NLMSGHDR.size + _ERROR.size <= len(replies)
+        ):
             (code,) = _ERROR.unpack_from(replies, offset + _NLMSGHDR.size)
             if code:
                 failures.append((sequence, -code))
@@ -411,16 +422,20 @@ class KernelPath:
             if not isinstance(concat, list) or len(concat) != 4:
                 continue
             address, protocol, client_port, cluster_port = concat
-            transport = {"tcp": IpProtocol.TCP, "udp": IpProtocol.UDP}.get(str(protocol))
+            # nft names the protocol from /etc/protocols, or prints its number.
+            transport = PROTOCOL_NAMES.get(str(protocol))
             if transport is None:
                 continue
-            key = SessionKey(
-                int(transport),
-                ip_address(address).packed,
-                int(client_port),
-                self.cluster_ip.packed,
-                int(cluster_port),
-            )
+            try:
+                key = SessionKey(
+                    int(transport),
+                    ip_address(address).packed,
+                    int(client_port),
+                    self.cluster_ip.packed,
+                    int(cluster_port),
+                )
+            except ValueError:
+                continue
             # `timeout` stays what the element was added with; a packet's
             # `update` moves only `expires`, up to the idle timeout of its kind.
             # An owned TCP element starts at the handshake timeout, so one that
@@ -553,16 +568,22 @@ class KernelSets:
     def moved(self, session: Session, before: Phase) -> None:
         key = session.key
         if session.phase is Phase.OWNED and before is not Phase.OWNED:
-            self._queue(key, self._add_owned, self._remove_owned)
+            if key.transport in CARRIED:
+                # A removal still queued for the same key (a new connection on
+                # a reused port) stays: it is written first, so the element
+                # starts afresh at the handshake timeout.
+                self._add_owned[key] = None
         elif before in SERVED_HERE and session.phase not in SERVED_HERE:
             self._forget_owned(key)
 
     def left(self, session: Session) -> None:
         key = session.key
         self._forget_owned(key)
-        if key in self.foreign or key in self._add_foreign:
-            self._queue(key, self._remove_foreign, self._add_foreign)
+        if key in self._add_foreign:
+            del self._add_foreign[key]
+        elif key in self.foreign:
             self.foreign.discard(key)
+            self._remove_foreign[key] = None
 
     def _forget_owned(self, key: SessionKey) -> None:
         self.refused.discard(key)
