@@ -7,7 +7,9 @@ higher (score, then member id), when a claim is decided (rule 3 of
 docs/claim-rule.md) and when an acknowledgement counts (protocols.peers).
 
 A session is created in WAITING (this member may claim it) or FOREIGN (it
-may not, or a claim or assertion for it was heard first), and is forgotten
+may not, or a claim or assertion for it was heard first), or in OWNED when
+the claim machine re-learns a session its kernel kept serving while no
+daemon ran (`ClaimMachine.adopt`), and is forgotten
 from any phase (idle or FIN timeout, a client's RST while claiming, eviction
 from a full table, its owner gone): forgetting is removal from the table, not
 a phase.
