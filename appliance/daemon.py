@@ -23,11 +23,13 @@ import trio
 from appliance.config import Config
 from appliance.dataplane.frames import FrameBuilder
 from appliance.dataplane.kernel_path import (
+    OWNED,
     TABLE,
     KernelPath,
     KernelSession,
     KernelSets,
     PathTimeouts,
+    remove_table,
 )
 from appliance.dataplane.loop import DataPlane
 from appliance.errors import UserError
@@ -129,6 +131,8 @@ class Daemon:
                 write_sysctl(f"ipv4/conf/{config.bridge}/drop_unicast_in_l2_multicast", 1)
             facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
             path, leftover = await self._start_kernel_path(facts)
+            if path is not None:
+                cleanup.callback(path.remove)  # also if anything below refuses
             tap = TapDevice(config.tap_name, offloads=config.offloads)
             cleanup.callback(self._stopped)
             cleanup.callback(tap.close)
@@ -150,6 +154,8 @@ class Daemon:
         whose owned sessions are returned to be re-learned); None for the TUN path."""
         config = self.config
         if config.fast_path == "off":
+            # A table a crashed daemon left would drop this path's sessions.
+            await trio.to_thread.run_sync(remove_table)
             log.info("serving on the TUN path (fast_path = off)")
             return None, []
         settings = config.claim_settings()
@@ -166,12 +172,13 @@ class Daemon:
         )
         try:
             leftover = await trio.to_thread.run_sync(path.leftover)
-            await trio.to_thread.run_sync(path.load, [carried.key for carried in leftover])
+            await trio.to_thread.run_sync(path.load, leftover)
         except (UserError, OSError) as error:
             if config.fast_path == "on":
                 raise UserError(
                     f"fast_path = on, but the kernel fast path cannot start: {error}"
                 ) from None
+            await trio.to_thread.run_sync(remove_table)
             log.warning("the kernel fast path is unavailable (%s): serving on the TUN path", error)
             return None, []
         log.info(
@@ -211,17 +218,20 @@ class Daemon:
         )
         # Sessions the kernel kept serving while no daemon ran are this
         # member's again, asserted to peers, before anything new is claimed.
-        adopted = sum(
-            machine.adopt(
-                carried.key,
-                now,
-                last_seen=now - carried.age,
-                established=carried.refreshed,
-            )
+        declined = [
+            carried.key
             for carried in leftover
-        )
+            if not machine.adopt(
+                carried.key, now, last_seen=now - carried.age, established=carried.refreshed
+            )
+        ]
         if leftover:
-            log.info("re-learned %d session(s) the kernel kept serving", adopted)
+            log.info(
+                "re-learned %d session(s) the kernel kept serving",
+                len(leftover) - len(declined),
+            )
+        if path is not None and declined:
+            path.remove_elements(OWNED, declined)  # no room in the table: not ours to serve
         builder = FrameBuilder(
             own_mac=tap.mac,
             cluster_mac=self.cluster_mac,

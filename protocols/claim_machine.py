@@ -856,17 +856,20 @@ class ClaimMachine:
                 _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
                 session.next_assertion_at = None
                 self._schedule_expiry(session)
+                self._table.note_asserted(session)
             else:
                 self._answer(session, now)
             return
         if session.state is PENDING:
             _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
             self._lose(session, now)
+            self._table.note_asserted(session)
             return
         # A bystander keeps the best asserted owner: after a conflict it is
         # the one that stays.
         if not session.best_asserted or bid > (session.best_score, session.best_member):
             _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
+            self._table.note_asserted(session)
 
     def _learn_session(
         self, key: SessionKey, owner: int, score: float, asserted: bool, now: float
@@ -1126,15 +1129,8 @@ class ClaimMachine:
         README's known limits).
         """
         victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
-        for _ in range(8):  # bounded: a few half-open-looking sessions may be carried
-            if victim is None or not victim.mine or victim.established or self._activity is None:
-                break
-            seen = self._activity.last_activity(victim, victim.last_seen)
-            if seen is None or not seen.established:
-                break
-            # Its handshake completed where this machine did not see it.
-            self._table.mark_established(victim)
-            victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
+        if self._activity is not None:
+            victim = self._confirmed_victim(victim)
         if victim is None:
             return False
         if victim.mine:
@@ -1142,6 +1138,23 @@ class ClaimMachine:
         self._queues.discard(victim, "table_full")
         self._remove(victim)
         return True
+
+    def _confirmed_victim(self, victim: Session | None) -> Session | None:
+        """With an activity source, a session of this member's may only look
+        half-open (its handshake passed outside the machine): ask before
+        evicting it, a few at most, then take a foreign session or none."""
+        assert self._activity is not None
+        for _ in range(8):
+            if victim is None or not victim.mine or victim.established:
+                return victim
+            seen = self._activity.last_activity(victim, victim.last_seen)
+            if seen is None or not seen.established:
+                return victim  # really half-open: a flood's SYN, say
+            self._table.mark_established(victim)
+            victim = self._table.oldest_unestablished() or self._table.oldest_foreign()
+        if victim is not None and victim.mine and not victim.established:
+            return self._table.oldest_foreign()
+        return victim
 
     def _reset_local(self, session: Session) -> None:
         """Have the kernel forget its half-open connection for a TCP session."""

@@ -175,6 +175,9 @@ class TableListener(Protocol):
 
     def left(self, session: Session) -> None: ...
 
+    def asserted(self, session: Session) -> None:
+        """An owner's assertion was heard for a session this member does not serve."""
+
 
 class SessionTable:
     """Sessions by key, bounded, with a timer heap and counts by state."""
@@ -255,6 +258,10 @@ class SessionTable:
         self.note_ownership(session)
         if self.listener is not None:
             self.listener.moved(session, before)
+
+    def note_asserted(self, session: Session) -> None:
+        if self.listener is not None:
+            self.listener.asserted(session)
 
     def mark_established(self, session: Session) -> None:
         session.established = True

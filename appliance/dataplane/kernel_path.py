@@ -252,6 +252,7 @@ def ruleset(
     size: int,
     timeouts: PathTimeouts,
     degraded: bool = False,
+    comment: str = "",
 ) -> str:
     """The table, as an `nft -f` script; see the module docstring for the rules."""
     fields = "ip saddr . ip protocol . th sport . th dport"
@@ -264,6 +265,7 @@ def ruleset(
     foreign_idle = refresh(FOREIGN, timeouts.udp_idle)
     return f"""
 table bridge {TABLE} {{
+    comment "{comment}"
     set {OWNED} {{ type {key_type}; flags timeout; size {size}; }}
     set {FOREIGN} {{ type {key_type}; flags timeout; size {size}; }}
     chain prerouting {{
@@ -306,6 +308,8 @@ def _run_nft(arguments: list[str], script: str | None) -> str:
         )
     except FileNotFoundError:
         raise UserError("nft is not installed (Debian: apt-get install nftables)") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"nft did not answer within 30 s: {' '.join(arguments)}") from None
     if done.returncode:
         message = done.stderr.strip().splitlines()
         raise UserError(f"nft refused: {message[0] if message else done.returncode}")
@@ -314,6 +318,20 @@ def _run_nft(arguments: list[str], script: str | None) -> str:
 
 def nft_available() -> bool:
     return shutil.which("nft") is not None
+
+
+class TableLost(Exception):
+    """The appliance's table is gone (an outside `nft flush ruleset`)."""
+
+
+def remove_table() -> None:
+    """Delete the appliance's table if there is one (after a crash, a start on
+    the TUN path must not keep the old table's drop rules)."""
+    try:
+        nft(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
+    except UserError as error:
+        if "not installed" not in str(error):
+            log.warning("could not remove the nftables table: %s", error)
 
 
 class KernelPath:
@@ -334,6 +352,7 @@ class KernelPath:
         self.size = size
         self.timeouts = timeouts
         self.degraded = False
+        self.lost = False  # the table was removed from outside: the TUN path serves
         self._socket: socket.socket | None = None
         self._sequence = 0
         self.batches = 0
@@ -341,23 +360,43 @@ class KernelPath:
         self.elements_removed = 0
         self.add_failures = 0
         self.queries = 0
+        self.query_errors = 0
 
     # ------------------------------------------------ ruleset (worker thread)
 
+    @property
+    def stamp(self) -> str:
+        """Written into the table's comment: a table left by a crash is taken
+        over only by a daemon of the same cluster IP and timeouts."""
+        timeouts = self.timeouts
+        return (
+            f"appliance {self.cluster_ip} handshake {timeouts.handshake:g} "
+            f"tcp {timeouts.tcp_idle:g} udp {timeouts.udp_idle:g}"
+        )
+
     def leftover(self) -> list[KernelSession]:
         """Owned sessions of a table a crashed daemon left behind; empty when
-        there is no such table."""
+        there is no such table, or it was made for another cluster IP or
+        other timeouts (its sessions cannot be read right)."""
         try:
-            return self.read_back()[0]
+            # nft 1.0.6 leaves a table's comment out of its JSON.
+            described = _run_nft(["nft", "list", "table", "bridge", TABLE], None)
+            listing = nft_json("list", "table", "bridge", TABLE)
         except UserError:
             return []
+        if f'comment "{self.stamp}"' not in described:
+            log.warning("a table bridge %s from another configuration is replaced", TABLE)
+            return []
+        return self.parse_listing(listing)[0]
 
-    def load(self, keep: Iterable[SessionKey] = ()) -> None:
+    def load(self, keep: Iterable[KernelSession] = ()) -> None:
         """Create the table, replacing one left by a crash, in one transaction,
-        with `keep` already in the owned set."""
+        with `keep` already in the owned set, each with the timeout it had
+        left (an established TCP session keeps its idle timeout)."""
         kept = list(keep)
         elements = ", ".join(
-            f"{nft_key(key)} timeout {int(self._timeout(key) * 1000)}ms" for key in kept
+            f"{nft_key(carried.key)} timeout {int(self.timeout_of(carried) * 1000)}ms"
+            for carried in kept
         )
         script = (
             f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
@@ -365,8 +404,9 @@ class KernelPath:
                 cluster_ip=self.cluster_ip,
                 cluster_mac=self.cluster_mac,
                 bridge_mac=self.bridge_mac,
-                size=self.size,
+                size=max(self.size, len(kept)),
                 timeouts=self.timeouts,
+                comment=self.stamp,
             )
             + (f"add element bridge {TABLE} {OWNED} {{ {elements} }}\n" if kept else "")
         )
@@ -380,10 +420,19 @@ class KernelPath:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-        try:
-            nft(f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
-        except UserError as error:
-            log.warning("could not remove the nftables table: %s", error)
+        remove_table()
+
+    def timeout_of(self, carried: KernelSession) -> float:
+        """The timeout to give an element re-added for a session: the rest of
+        its idle timeout if the kernel saw it established, else its first one."""
+        if carried.key.transport == IpProtocol.TCP and not carried.refreshed:
+            return self.timeouts.handshake
+        idle = (
+            self.timeouts.tcp_idle
+            if carried.key.transport == IpProtocol.TCP
+            else self.timeouts.udp_idle
+        )
+        return max(1.0, idle - carried.age)
 
     def set_degraded(self, degraded: bool) -> None:
         """Stop (or resume) dropping other members' TCP segments in the kernel."""
@@ -453,18 +502,28 @@ class KernelPath:
 
     # ------------------------------------------------ elements (trio thread)
 
-    def _timeout(self, key: SessionKey) -> float:
+    def first_timeout(self, key: SessionKey, *, established: bool = False) -> float:
+        """An element's timeout when it is added: a TCP session starts at the
+        handshake timeout (a packet past its SYN moves it to the idle timeout)."""
         if key.transport == IpProtocol.TCP:
-            return self.timeouts.handshake
+            return self.timeouts.tcp_idle if established else self.timeouts.handshake
         return self.timeouts.udp_idle
 
-    def add(self, set_name: str, keys: Sequence[SessionKey]) -> list[SessionKey]:
-        """Add sessions to a set; returns those that did not fit (the set is full)."""
-        elements = [(element_key(key), int(self._timeout(key) * 1000)) for key in keys]
+    def add(
+        self, set_name: str, keys: Sequence[SessionKey], *, established: bool = False
+    ) -> list[SessionKey]:
+        """Add sessions to a set; returns those that did not fit (the set is
+        full). Raises TableLost if the table is gone (removed from outside)."""
+        elements = [
+            (element_key(key), int(self.first_timeout(key, established=established) * 1000))
+            for key in keys
+        ]
         failed = self._send(NFT_MSG_NEWSETELEM, set_name, elements)
         if not failed:
             self.elements_added += len(keys)
             return []
+        if errno.ENOENT in failed:
+            raise TableLost(f"the set {set_name} is gone")
         # The batch failed whole: find what fits, one by one.
         refused = []
         for key, element in zip(keys, elements, strict=True):
@@ -476,16 +535,17 @@ class KernelPath:
         return refused
 
     def expiration(self, set_name: str, key: SessionKey) -> float | None:
-        """Seconds until the session's element expires; None if it is not in the set."""
+        """Seconds until the session's element expires; None if it is not in
+        the set. Raises OSError when the kernel could not be asked."""
         assert self._socket is not None, "load() first"
         self._drain()  # nothing else waits on this socket: every exchange completes in place
         self._sequence = (self._sequence + 1) & 0x7FFFFFFF
-        try:
-            self._socket.send(element_query(set_name, element_key(key), self._sequence))
-        except OSError:
-            return None
+        self._socket.send(element_query(set_name, element_key(key), self._sequence))
         self.queries += 1
-        milliseconds = expiration_in(self._drain())
+        reply = self._drain()
+        milliseconds = expiration_in(reply)
+        if milliseconds is None and not any(code == errno.ENOENT for _, code in errors_in(reply)):
+            raise OSError(errno.EIO, "no answer about the element")
         return None if milliseconds is None else milliseconds / 1000
 
     def remove_elements(self, set_name: str, keys: Sequence[SessionKey]) -> None:
@@ -549,13 +609,14 @@ class KernelSets:
 
     def __init__(self, path: KernelPath) -> None:
         self.path = path
-        self._add_owned: dict[SessionKey, None] = {}
+        self._add_owned: dict[SessionKey, Session] = {}
         self._remove_owned: dict[SessionKey, None] = {}
         self._add_foreign: dict[SessionKey, None] = {}
         self._remove_foreign: dict[SessionKey, None] = {}
         self.owned: set[SessionKey] = set()  # in the kernel's owned set, as far as we know
         self.foreign: set[SessionKey] = set()
-        self.refused: set[SessionKey] = set()  # owned sessions served on the TUN path
+        # Owned sessions served on the TUN path (the set was full), by key.
+        self.refused: dict[SessionKey, Session] = {}
 
     # ---------------------------------------------------- TableListener
 
@@ -572,7 +633,7 @@ class KernelSets:
                 # A removal still queued for the same key (a new connection on
                 # a reused port) stays: it is written first, so the element
                 # starts afresh at the handshake timeout.
-                self._add_owned[key] = None
+                self._add_owned[key] = session
         elif before in SERVED_HERE and session.phase not in SERVED_HERE:
             self._forget_owned(key)
 
@@ -585,8 +646,12 @@ class KernelSets:
             self.foreign.discard(key)
             self._remove_foreign[key] = None
 
+    def asserted(self, session: Session) -> None:
+        if _foreign_flow(session) and session.key not in self.foreign:
+            self._queue(session.key, self._add_foreign, self._remove_foreign)
+
     def _forget_owned(self, key: SessionKey) -> None:
-        self.refused.discard(key)
+        self.refused.pop(key, None)
         if key in self._add_owned:
             del self._add_owned[key]
         elif key in self.owned:
@@ -610,7 +675,34 @@ class KernelSets:
 
     def flush(self) -> None:
         """Write the queued changes: removals first, so a key re-used at once
-        is added afresh."""
+        is added afresh. If the table was removed from outside, the member
+        goes on without it: every frame reaches the TAP again, and the claim
+        machine injects its sessions' packets itself (the TUN path)."""
+        if self.path.lost:
+            self._clear()
+            return
+        try:
+            self._write()
+        except (TableLost, UserError) as error:
+            log.error(
+                "the nftables table bridge %s is gone (%s; an outside nft flush ruleset?): "
+                "serving on the TUN path from now on",
+                TABLE,
+                error,
+            )
+            self.path.lost = True
+            self._clear()
+
+    def _clear(self) -> None:
+        for pending in (
+            self._add_owned,
+            self._remove_owned,
+            self._add_foreign,
+            self._remove_foreign,
+        ):
+            pending.clear()
+
+    def _write(self) -> None:
         path = self.path
         if self._remove_owned:
             path.remove_elements(OWNED, list(self._remove_owned))
@@ -619,12 +711,12 @@ class KernelSets:
             path.remove_elements(FOREIGN, list(self._remove_foreign))
             self._remove_foreign.clear()
         if self._add_owned:
-            keys = list(self._add_owned)
+            won = dict(self._add_owned)
             self._add_owned.clear()
-            refused = set(path.add(OWNED, keys))
-            self.owned.update(key for key in keys if key not in refused)
+            refused = set(path.add(OWNED, list(won)))
+            self.owned.update(key for key in won if key not in refused)
             if refused:
-                self.refused |= refused
+                self.refused.update((key, won[key]) for key in refused)
                 if not path.degraded:
                     # Once per fill, and before the refused sessions' next
                     # packets: a few milliseconds of `nft` on this thread.
@@ -633,7 +725,7 @@ class KernelSets:
                         "the TUN path until it has room",
                         path.size,
                     )
-                    path.set_degraded(True)
+                    self.degrade(True)
         if self._add_foreign:
             keys = list(self._add_foreign)
             self._add_foreign.clear()
@@ -650,12 +742,16 @@ class KernelSets:
         sent more than its SYN."""
         key = session.key
         timeouts = self.path.timeouts
-        if key in self.owned:
-            expires = self.path.expiration(OWNED, key)
-        elif key in self.foreign:
-            expires = self.path.expiration(FOREIGN, key)
-        else:
+        chosen = OWNED if key in self.owned else FOREIGN if key in self.foreign else None
+        if chosen is None or self.path.lost:
             return None
+        try:
+            expires = self.path.expiration(chosen, key)
+        except OSError as error:
+            # Not knowing is no reason to forget a session: ask again later.
+            self.path.query_errors += 1
+            log.debug("could not ask the kernel about %s: %s", key, error)
+            return Activity(now, established=session.established)
         if expires is None:
             return None  # the kernel let it expire: idle there too
         if key.transport != IpProtocol.TCP:
@@ -664,14 +760,34 @@ class KernelSets:
             return Activity(now - (timeouts.tcp_idle - expires), established=True)
         return None  # only its SYN so far: the handshake timer stands
 
+    def degrade(self, degraded: bool) -> None:
+        """Stop (or resume) dropping other members' TCP in the kernel; a failure
+        is logged, never raised into the data plane."""
+        try:
+            self.path.set_degraded(degraded)
+        except UserError as error:
+            log.error("could not %s degraded mode: %s", "enter" if degraded else "leave", error)
+
     def retry_refused(self) -> None:
-        """Move sessions served on the TUN path into the set, if it has room now."""
-        if not self.refused:
+        """Move sessions served on the TUN path into the set, if it has room
+        now; an established one gets its idle timeout at once."""
+        if not self.refused or self.path.lost:
             return
-        keys = list(self.refused)
-        refused = set(self.path.add(OWNED, keys))
-        self.owned.update(key for key in keys if key not in refused)
-        self.refused = refused
+        for established in (True, False):
+            chosen = [
+                key for key, session in self.refused.items() if session.established == established
+            ]
+            if not chosen:
+                continue
+            try:
+                refused = set(self.path.add(OWNED, chosen, established=established))
+            except TableLost:
+                self.path.lost = True
+                return
+            for key in chosen:
+                if key not in refused:
+                    self.owned.add(key)
+                    del self.refused[key]
 
 
 def _foreign_flow(session: Session) -> bool:

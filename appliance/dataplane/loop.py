@@ -120,12 +120,17 @@ class DataPlane:
         path = kernel.path
         while True:
             await trio.sleep(interval)
-            if not path.degraded:
+            if not path.degraded or path.lost:
                 continue
             kernel.retry_refused()
             if not kernel.refused and len(kernel.owned) < path.size * 0.9:
-                await trio.to_thread.run_sync(path.set_degraded, False)
-                log.info("the kernel's owned set has room again: back on the fast path")
+                await trio.to_thread.run_sync(kernel.degrade, False)
+                if kernel.refused:
+                    # Refused while the drop rule came back: their packets must
+                    # reach the TAP again.
+                    kernel.degrade(True)
+                else:
+                    log.info("the kernel's owned set has room again: back on the fast path")
 
     def wake(self) -> None:
         """Run the loop now: the machine's state changed from outside (control, facts)."""

@@ -1,7 +1,8 @@
 """The TAP device that reads the segment and the TUN device that serves won sessions.
 
-Both are non-persistent: they vanish when the process closes them or dies,
-so a crashed daemon leaves no device behind.
+The TAP is non-persistent: it vanishes when the process closes it or dies.
+So is the TUN on the TUN path; on the kernel fast path the TUN is persistent,
+so that the cluster IP, and the sessions the kernel serves, outlive a crash.
 
 With offloads on, both use IFF_VNET_HDR: every frame carries a 10-byte
 virtio_net_hdr, and the TAP accepts TSO, so the bridge hands over TCP
@@ -99,11 +100,11 @@ class TunDevice(_Device):
 
     def __init__(self, name: str, *, offloads: bool, persistent: bool = False) -> None:
         super().__init__(name, pytun.IFF_TUN, "TUN", offloads=offloads)
-        if persistent:
-            # On the kernel fast path the kernel serves won sessions without
-            # this process, so the cluster IP must outlive it (kill -9): the
-            # device stays until `netlink.delete_link` removes it on a clean stop.
-            self._device.persist(True)
+        # On the kernel fast path the kernel serves won sessions without this
+        # process, so the cluster IP must outlive it (kill -9): the device
+        # stays until `netlink.delete_link` removes it on a clean stop. On the
+        # TUN path a device a crashed fast-path daemon left goes with this one.
+        self._device.persist(persistent)
 
     def inject(self, frame: bytes, network_offset: int) -> bool:
         """Write the IP packet inside a TAP frame (offsets as the classifier gave them)."""

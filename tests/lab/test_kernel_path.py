@@ -158,3 +158,25 @@ def test_without_nft_on_refuses_in_one_line_and_auto_runs_the_tun_path(
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def test_a_restart_on_the_tun_path_after_a_crash_removes_the_old_table(lab_segment: Lab) -> None:
+    """kill -9 on the fast path leaves its table and TUN; a start with
+    `--fast-path off` removes the table (its drop rule would break the TUN
+    path's sessions), serves, and leaves no device behind when stopped."""
+    cluster = Cluster(lab_segment)
+    member = cluster.add_member(dns=False)
+    cluster.wait_settled()
+    node = member.node
+    member.appliance.kill()
+    assert "table bridge appliance" in node.run(["nft", "list", "tables"]).stdout
+    assert "apl-tun0" in node.run(["ip", "-o", "link", "show"]).stdout
+    member.appliance.start(cluster.cluster_ip, "--fast-path", "off")
+    assert member.appliance.status().data_path == "tun"
+    assert "appliance" not in node.run(["nft", "list", "tables"]).stdout
+    cluster.data_path = "tun"
+    cluster.wait_settled()
+    results = cluster.curl(unique_paths(20, "after-crash"))
+    assert [code for _, code, _ in results] == [200] * 20
+    assert member.appliance.stop() == 0, member.appliance.log_tail()
+    assert "apl-tun0" not in node.run(["ip", "-o", "link", "show"]).stdout

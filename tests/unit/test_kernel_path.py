@@ -34,6 +34,7 @@ from appliance.dataplane.kernel_path import (
     KernelSession,
     KernelSets,
     PathTimeouts,
+    TableLost,
     element_batch,
     element_key,
     element_query,
@@ -633,9 +634,13 @@ class RecordingPath(KernelPath):
         self.expirations: dict[tuple[str, SessionKey], float] = {}
         self.asked: list[tuple[str, SessionKey]] = []  # expiration() calls
         self.degraded_calls: list[bool] = []
+        self.established_adds: list[bool] = []  # the `established` of each add() call
 
-    def add(self, set_name: str, keys: Sequence[SessionKey]) -> list[SessionKey]:
+    def add(
+        self, set_name: str, keys: Sequence[SessionKey], *, established: bool = False
+    ) -> list[SessionKey]:
         self.calls.append(("add", set_name, list(keys)))
+        self.established_adds.append(established)
         return [key for key in keys if key in self.refuse]
 
     def remove_elements(self, set_name: str, keys: Sequence[SessionKey]) -> None:
@@ -861,7 +866,7 @@ def test_a_refused_session_is_served_on_the_tun_path(kit: Fixture) -> None:
     kit.sets.flush()
     assert kit.path.calls == [("add", OWNED, [tcp(1), tcp(2)])]
     assert kit.sets.owned == {tcp(1)}
-    assert kit.sets.refused == {tcp(2)}
+    assert set(kit.sets.refused) == {tcp(2)}
     assert kit.path.degraded_calls == [True]
 
 
@@ -871,7 +876,7 @@ def test_the_path_is_degraded_once_per_fill(kit: Fixture) -> None:
     kit.sets.flush()
     kit.won(tcp(3))
     kit.sets.flush()
-    assert kit.sets.refused == {tcp(2), tcp(3)}
+    assert set(kit.sets.refused) == {tcp(2), tcp(3)}
     assert kit.path.degraded_calls == [True]
 
 
@@ -880,7 +885,7 @@ def test_a_refused_foreign_flow_does_not_degrade_the_path(kit: Fixture) -> None:
     kit.asserted_foreign(udp(1))
     kit.sets.flush()
     assert kit.sets.foreign == set()
-    assert kit.sets.refused == set()
+    assert set(kit.sets.refused) == set()
     assert kit.path.degraded_calls == []
 
 
@@ -895,14 +900,14 @@ def test_retry_refused_moves_them_to_the_set_when_it_has_room(kit: Fixture) -> N
     assert [(call, name, set(keys)) for call, name, keys in kit.path.calls] == [
         ("add", OWNED, {tcp(2), tcp(3)})
     ]
-    assert kit.sets.refused == {tcp(2), tcp(3)}
+    assert set(kit.sets.refused) == {tcp(2), tcp(3)}
     kit.path.refuse = {tcp(3)}
     kit.sets.retry_refused()
-    assert kit.sets.refused == {tcp(3)}
+    assert set(kit.sets.refused) == {tcp(3)}
     assert kit.sets.owned == {tcp(1), tcp(2)}
     kit.path.refuse = set()
     kit.sets.retry_refused()
-    assert kit.sets.refused == set()
+    assert set(kit.sets.refused) == set()
     assert kit.sets.owned == {tcp(1), tcp(2), tcp(3)}
 
 
@@ -920,7 +925,7 @@ def test_a_refused_session_that_ends_is_not_retried(kit: Fixture) -> None:
     kit.path.calls.clear()
     kit.table.remove(gone)
     kit.table.move(yielded, Event.YIELD)
-    assert kit.sets.refused == set()
+    assert set(kit.sets.refused) == set()
     kit.sets.flush()
     kit.sets.retry_refused()
     assert kit.path.calls == []  # never in the kernel: nothing to remove, nothing to retry
@@ -975,3 +980,63 @@ def test_an_element_the_kernel_let_expire_has_no_activity(kit: Fixture) -> None:
     session = kit.owned_in_kernel(tcp(1))
     assert kit.sets.last_activity(session, NOW) is None  # the kernel answers None
     assert kit.path.asked == [(OWNED, tcp(1))]
+
+
+def test_sessions_refused_when_established_are_retried_with_their_idle_timeout(
+    kit: Fixture,
+) -> None:
+    """A session served on the TUN path while the set was full has completed
+    its handshake (the TUN path sees it): it goes into the set with the idle
+    timeout, not the handshake one, so an idle live connection is not cut."""
+    kit.path.refuse = {tcp(1), tcp(2)}
+    first, second = kit.won(tcp(1)), kit.won(tcp(2))
+    kit.sets.flush()
+    kit.table.mark_established(first)
+    kit.path.refuse = set()
+    kit.path.calls.clear()
+    kit.path.established_adds.clear()
+    kit.sets.retry_refused()
+    assert kit.path.calls == [("add", OWNED, [tcp(1)]), ("add", OWNED, [tcp(2)])]
+    assert kit.path.established_adds == [True, False]
+    assert not kit.sets.refused
+    assert second.key in kit.sets.owned
+
+
+class GonePath(RecordingPath):
+    """A kernel whose table was removed from outside (nft flush ruleset)."""
+
+    def add(
+        self, set_name: str, keys: Sequence[SessionKey], *, established: bool = False
+    ) -> list[SessionKey]:
+        raise TableLost(f"the set {set_name} is gone")
+
+
+def test_a_table_removed_from_outside_sends_the_member_to_the_tun_path() -> None:
+    """The next add finds no set: the member goes on without the kernel (every
+    frame reaches its TAP, the machine injects), never raising into the data
+    plane, and asks the kernel nothing more."""
+    kit = Fixture()
+    kit.path = GonePath()
+    kit.sets = KernelSets(kit.path)
+    kit.table = SessionTable(64, listener=kit.sets)
+    session = kit.won(tcp(1))
+    kit.sets.flush()
+    assert kit.path.lost
+    kit.won(tcp(2))
+    kit.sets.flush()
+    assert not kit.sets.pending
+    assert kit.sets.last_activity(session, 100.0) is None
+    assert kit.path.asked == []
+
+
+def test_timeouts_of_re_added_sessions() -> None:
+    path = new_path()
+    established = KernelSession(tcp(1), age=100.0, refreshed=True)
+    half_open = KernelSession(tcp(2), age=0.0, refreshed=False)
+    flow = KernelSession(udp(3), age=10.0, refreshed=True)
+    assert path.timeout_of(established) == 3600 - 100
+    assert path.timeout_of(half_open) == 10
+    assert path.timeout_of(flow) == 30 - 10
+    assert path.first_timeout(tcp(1)) == 10
+    assert path.first_timeout(tcp(1), established=True) == 3600
+    assert path.first_timeout(udp(1)) == 30
