@@ -41,7 +41,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import shutil
 import socket
 import struct
 import subprocess
@@ -314,10 +313,6 @@ def _run_nft(arguments: list[str], script: str | None) -> str:
         message = done.stderr.strip().splitlines()
         raise UserError(f"nft refused: {message[0] if message else done.returncode}")
     return done.stdout
-
-
-def nft_available() -> bool:
-    return shutil.which("nft") is not None
 
 
 class TableLost(Exception):
