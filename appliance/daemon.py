@@ -432,11 +432,13 @@ class Daemon:
         )
 
     def data_path(self) -> str:
-        """Which path serves won sessions: "kernel", "kernel, degraded" or "tun"."""
+        """Which path serves won sessions, as `status` shows it: "kernel", else why not."""
         assert self.plane is not None
         kernel = self.plane.kernel
         if kernel is None:
             return "tun"
+        if kernel.path.lost:
+            return "tun (the fast path's table was removed from outside)"
         return "kernel, degraded (owned set full)" if kernel.path.degraded else "kernel"
 
     def _kernel_counters(self) -> dict[str, int]:

@@ -32,8 +32,8 @@ and removed with the `nft` command, from a worker thread. See README
 
 An owned TCP element is added with `handshake_timeout` and refreshed to
 `tcp_idle_timeout` by every packet, so an element whose expiry is past
-`handshake_timeout` belongs to an established connection; `read_back` turns
-expiries into the time of each session's last packet.
+`handshake_timeout` belongs to an established connection, and an expiry
+tells when the session's last packet passed (`PathTimeouts` reads both).
 """
 
 from __future__ import annotations
@@ -238,9 +238,27 @@ class KernelSession:
 
 @dataclass(frozen=True, slots=True)
 class PathTimeouts:
+    """The elements' timeouts, and what an element's expiry says of its session."""
+
     handshake: float  # an owned TCP element's first timeout
     tcp_idle: float
     udp_idle: float
+
+    def idle(self, transport: int) -> float:
+        """The timeout every packet of the session refreshes its element to."""
+        return self.tcp_idle if transport == IpProtocol.TCP else self.udp_idle
+
+    def first(self, transport: int, *, established: bool = False) -> float:
+        """An element's timeout when it is added: a TCP session that has only
+        sent its SYN starts at the handshake timeout."""
+        if transport == IpProtocol.TCP and not established:
+            return self.handshake
+        return self.idle(transport)
+
+    def refreshed(self, transport: int, expires: float) -> bool:
+        """Whether a packet past the first refreshed an element expiring in
+        `expires` seconds (a UDP flow's first datagram counts)."""
+        return transport != IpProtocol.TCP or expires > self.handshake + 1
 
 
 def ruleset(
@@ -420,14 +438,10 @@ class KernelPath:
     def timeout_of(self, carried: KernelSession) -> float:
         """The timeout to give an element re-added for a session: the rest of
         its idle timeout if the kernel saw it established, else its first one."""
-        if carried.key.transport == IpProtocol.TCP and not carried.refreshed:
-            return self.timeouts.handshake
-        idle = (
-            self.timeouts.tcp_idle
-            if carried.key.transport == IpProtocol.TCP
-            else self.timeouts.udp_idle
-        )
-        return max(1.0, idle - carried.age)
+        transport = carried.key.transport
+        if not carried.refreshed:
+            return self.timeouts.first(transport)
+        return max(1.0, self.timeouts.idle(transport) - carried.age)
 
     def set_degraded(self, degraded: bool) -> None:
         """Stop (or resume) dropping other members' TCP segments in the kernel."""
@@ -438,10 +452,6 @@ class KernelPath:
         )
         nft(f"flush chain bridge {TABLE} {FOREIGN_TCP_CHAIN}\n{rule}")
         self.degraded = degraded
-
-    def read_back(self) -> tuple[list[KernelSession], list[KernelSession]]:
-        """The owned and foreign sets as the kernel holds them now."""
-        return self.parse_listing(nft_json("list", "table", "bridge", TABLE))
 
     def parse_listing(self, listing: str) -> tuple[list[KernelSession], list[KernelSession]]:
         """The owned and foreign sets from `nft -j list table` output."""
@@ -486,23 +496,12 @@ class KernelPath:
             # expires later than that has seen a packet past the SYN.
             added_with = float(element.get("timeout", 0))
             expires = float(element.get("expires", 0))
-            if transport == IpProtocol.TCP:
-                refreshed = expires > self.timeouts.handshake + 1
-                idle = self.timeouts.tcp_idle if refreshed else added_with
-            else:
-                refreshed, idle = True, self.timeouts.udp_idle
-            age = max(0.0, idle - expires)
+            refreshed = self.timeouts.refreshed(transport, expires)
+            age = max(0.0, (self.timeouts.idle(transport) if refreshed else added_with) - expires)
             parsed.append(KernelSession(key, age, refreshed))
         return parsed
 
     # ------------------------------------------------ elements (trio thread)
-
-    def first_timeout(self, key: SessionKey, *, established: bool = False) -> float:
-        """An element's timeout when it is added: a TCP session starts at the
-        handshake timeout (a packet past its SYN moves it to the idle timeout)."""
-        if key.transport == IpProtocol.TCP:
-            return self.timeouts.tcp_idle if established else self.timeouts.handshake
-        return self.timeouts.udp_idle
 
     def add(
         self, set_name: str, keys: Sequence[SessionKey], *, established: bool = False
@@ -510,7 +509,10 @@ class KernelPath:
         """Add sessions to a set; returns those that did not fit (the set is
         full). Raises TableLost if the table is gone (removed from outside)."""
         elements = [
-            (element_key(key), int(self.first_timeout(key, established=established) * 1000))
+            (
+                element_key(key),
+                int(self.timeouts.first(key.transport, established=established) * 1000),
+            )
             for key in keys
         ]
         failed = self._send(NFT_MSG_NEWSETELEM, set_name, elements)
@@ -619,7 +621,7 @@ class KernelSets:
         if session.phase is Phase.OWNED:
             self.owned.add(session.key)  # adopted after a restart: already in the kernel
         elif _foreign_flow(session):
-            self._queue(session.key, self._add_foreign, self._remove_foreign)
+            self._add_foreign[session.key] = None
 
     def moved(self, session: Session, before: Phase) -> None:
         key = session.key
@@ -643,7 +645,7 @@ class KernelSets:
 
     def asserted(self, session: Session) -> None:
         if _foreign_flow(session) and session.key not in self.foreign:
-            self._queue(session.key, self._add_foreign, self._remove_foreign)
+            self._add_foreign[session.key] = None  # a removal queued for the key goes first
 
     def _forget_owned(self, key: SessionKey) -> None:
         self.refused.pop(key, None)
@@ -652,13 +654,6 @@ class KernelSets:
         elif key in self.owned:
             self.owned.discard(key)
             self._remove_owned[key] = None
-
-    @staticmethod
-    def _queue(
-        key: SessionKey, into: dict[SessionKey, None], cancel: dict[SessionKey, None]
-    ) -> None:
-        cancel.pop(key, None)
-        into[key] = None
 
     # ---------------------------------------------------- writing
 
@@ -749,11 +744,9 @@ class KernelSets:
             return Activity(now, established=session.established)
         if expires is None:
             return None  # the kernel let it expire: idle there too
-        if key.transport != IpProtocol.TCP:
-            return Activity(now - (timeouts.udp_idle - expires), established=True)
-        if expires > timeouts.handshake + 1:
-            return Activity(now - (timeouts.tcp_idle - expires), established=True)
-        return None  # only its SYN so far: the handshake timer stands
+        if not timeouts.refreshed(key.transport, expires):
+            return None  # only its SYN so far: the handshake timer stands
+        return Activity(now - (timeouts.idle(key.transport) - expires), established=True)
 
     def degrade(self, degraded: bool) -> None:
         """Stop (or resume) dropping other members' TCP in the kernel; a failure

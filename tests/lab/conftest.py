@@ -5,7 +5,9 @@ built, even when a test fails.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -143,6 +145,38 @@ class Cluster:
             member.name: [line.split()[0] for line in member.services.access_log()]
             for member in self.members
         }
+
+
+class LongTransfers:
+    """Slow downloads (nginx's rate limit) running in the background, each
+    checked against the file's SHA-256 when it ends."""
+
+    def __init__(self, cluster: Cluster, count: int, size: int) -> None:
+        for member in cluster.members:
+            content = member.services.write_file("big", size).read_bytes()
+        self.expected = hashlib.sha256(content).hexdigest()
+        self.count = count
+        script = " & ".join(
+            f"curl -s --no-keepalive --max-time 60 http://{cluster.cluster_ip}/slow/big?{path} "
+            f"| sha256sum | cut -c1-64"
+            for path in unique_paths(count, "long")
+        )
+        self._results: list[str] = []
+        self._runner = threading.Thread(
+            target=lambda: self._results.extend(
+                cluster.client.run(["bash", "-c", script + " & wait"], timeout=120).stdout.split()
+            )
+        )
+        self._runner.start()
+
+    @property
+    def running(self) -> bool:
+        return self._runner.is_alive()
+
+    def finish(self) -> None:
+        """Wait for every transfer; each must have arrived whole."""
+        self._runner.join()
+        assert self._results == [self.expected] * self.count
 
 
 def parse_curl(output: str, cluster_ip: str) -> list[tuple[str, int, str]]:

@@ -6,7 +6,6 @@ witness: a request served twice, or by nobody, fails the test.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from appliance.operations.status import StatusReport
 from lab.namespaces import Lab
-from tests.lab.conftest import Cluster, client_neighbours, unique_paths
+from tests.lab.conftest import Cluster, LongTransfers, client_neighbours, unique_paths
 
 DIG_QUERIES = 300
 # The core tests run on both data paths: the kernel fast path (the default)
@@ -110,30 +109,11 @@ def test_a_late_joiner_breaks_no_running_transfer_and_then_takes_new_sessions(
 ) -> None:
     """A fourth member joins while long transfers run: none breaks, each arrives whole,
     and the newcomer then serves new sessions."""
-    size = 1_200_000
-    expected = None
-    for member in cluster.members:
-        expected = hashlib.sha256(member.services.write_file("big", size).read_bytes()).hexdigest()
-    transfers = unique_paths(6, "long")
-    script = "; ".join(
-        f"curl -s --no-keepalive --max-time 60 http://{cluster.cluster_ip}/slow/big?{path} "
-        f"| sha256sum | cut -c1-64"
-        for path in transfers
-    )
-    results: list[str] = []
-    runner = threading.Thread(
-        target=lambda: results.extend(
-            cluster.client.run(
-                ["bash", "-c", script.replace("; ", " & ") + " & wait"], timeout=120
-            ).stdout.split()
-        )
-    )
-    runner.start()
+    transfers = LongTransfers(cluster, count=6, size=1_200_000)
     time.sleep(1.5)
     newcomer = cluster.add_member()
-    assert runner.is_alive(), "the transfers ended before the newcomer was up"
-    runner.join()
-    assert results == [expected] * len(transfers)
+    assert transfers.running, "the transfers ended before the newcomer was up"
+    transfers.finish()
     after = cluster.curl(unique_paths(120, "new"), parallel=10)
     assert all(code == 200 for _, code, _ in after)
     assert any(body == newcomer.name for _, _, body in after)

@@ -1037,6 +1037,8 @@ def test_timeouts_of_re_added_sessions() -> None:
     assert path.timeout_of(established) == 3600 - 100
     assert path.timeout_of(half_open) == 10
     assert path.timeout_of(flow) == 30 - 10
-    assert path.first_timeout(tcp(1)) == 10
-    assert path.first_timeout(tcp(1), established=True) == 3600
-    assert path.first_timeout(udp(1)) == 30
+    assert TIMEOUTS.first(6) == 10
+    assert TIMEOUTS.first(6, established=True) == 3600
+    assert TIMEOUTS.first(17) == 30
+    assert not TIMEOUTS.refreshed(6, 11.0) and TIMEOUTS.refreshed(6, 11.5)
+    assert TIMEOUTS.refreshed(17, 1.0)
