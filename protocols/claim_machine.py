@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum, auto
 from typing import NamedTuple, Protocol
 
+from protocols.buckets import BUCKET_SCORE, MINE, OTHER, Buckets, BucketSettings, Candidate
 from protocols.classifier import Classified, FrameKind
 from protocols.numbers import IpProtocol, TcpFlags
 from protocols.packet_queue import FragmentTable, PacketQueues
@@ -51,7 +52,14 @@ from protocols.session_table import (
     SessionTable,
     TableListener,
 )
-from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import (
+    Acknowledgement,
+    Assertion,
+    BucketState,
+    Claim,
+    ClaimMessage,
+    Hello,
+)
 
 # Plain ints for the per-packet path, from protocols.numbers.
 TCP = int(IpProtocol.TCP)
@@ -179,6 +187,16 @@ class ClaimSettings:
                 raise SettingsError(f"{name} must be at least 1")
 
 
+# While this member waits for grants, it looks at its buckets again this often.
+BUCKET_RECHECK = 0.02
+
+
+def bucket_weight(weight: float, load: float) -> float:
+    """The weight buckets are ranked by: the configured weight, lowered by
+    load in quarter steps, so that buckets move only when the load does."""
+    return weight * max(1, round(4 / (1.0 + max(0.0, load)))) / 4
+
+
 # Re-assertion with repeats is bounded: after a long partition, only this many
 # of the most recent sessions get repeats; the rest are asserted once.
 MAX_REPEATED_RESYNC = 4096
@@ -241,6 +259,10 @@ class Counters:
     hellos_received: int = 0
     packets_injected: int = 0
     sessions_adopted: int = 0  # re-learned from the kernel after a restart
+    served_at_once: int = 0  # new sessions of a held bucket: no claim round
+    bucket_messages_sent: int = 0
+    bucket_messages_received: int = 0
+    bucket_count_mismatches: int = 0  # a peer cuts the session space otherwise: it is ignored
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -324,6 +346,7 @@ class ClaimMachine:
         decision_rule: DecisionRule = ACKNOWLEDGED,
         table_listener: TableListener | None = None,
         activity: ActivitySource | None = None,
+        buckets: BucketSettings | None = None,
     ) -> None:
         self.member_id = member_id
         self.settings = settings
@@ -359,6 +382,11 @@ class ClaimMachine:
         # This member's claims still waiting for acknowledgements, by counter.
         self._awaiting: OrderedDict[int, SessionKey] = OrderedDict()
         self._reassertion = Reassertion(self._table, resync_rate=settings.resync_rate, now=now)
+        # Claimed buckets (protocols.buckets): None without them (the
+        # simulator's older rules, or buckets = 0 in the configuration).
+        self._buckets = None if buckets is None else Buckets(member_id, buckets, now)
+        self._buckets_dirty = True
+        self._next_bucket_check: float | None = None
         self._next_hello_at = now
         self._send_hello(now)
 
@@ -402,6 +430,8 @@ class ClaimMachine:
         (already authenticated). A claim is acknowledged at once (rule 3)."""
         if message.member_id == self.member_id:
             return  # our own, looped back: never a rival
+        if self._buckets is not None and self._buckets.lapsed(now):
+            self._buckets_dirty = True  # frozen for a lease: answer for no bucket
         peer = self._peers.get(message.member_id)
         if peer is not None and self._peers.heard(peer, message.counter, now):
             self._messages_lost(peer, now)
@@ -421,12 +451,15 @@ class ClaimMachine:
         elif isinstance(message, Assertion):
             self.counters.assertions_received += 1
             self._assertion(message, now)
+        elif isinstance(message, BucketState):
+            self._bucket_state(message, peer)
         elif message.claimer == self.member_id and peer is not None:
             self.counters.acknowledgements_received += 1
             self._peers.park_acknowledgement(peer, message.counter, message.claim_counter, now)
         if peer is not None:
             for claim_counter in self._peers.trusted_acknowledgements(peer):
                 self._acknowledged(peer.member_id, claim_counter, now)
+        self._settle_buckets(now)
 
     def handle_timer(self, now: float, *, sessions: bool = True) -> None:
         """Run everything that is due at `now`.
@@ -437,6 +470,12 @@ class ClaimMachine:
         before it. Hellos and loss checks always run, so a busy member is
         never mistaken for a dead one.
         """
+        buckets = self._buckets
+        if buckets is not None:
+            if buckets.lapsed(now):
+                self._buckets_dirty = True  # it did not run for a lease: all let go
+            else:
+                buckets.renew(now)
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
@@ -447,6 +486,7 @@ class ClaimMachine:
         while sessions and (session := self._table.pop_due(now)) is not None:
             self._session_timer(session, now)
         self._fragments.expire(now)
+        self._settle_buckets(now)
 
     def update_local(
         self,
@@ -468,9 +508,11 @@ class ClaimMachine:
             self._load = load
         if listening is not UNCHANGED:
             self._listening = listening
+        self._buckets_dirty = True
         if draining is not None and draining != self._draining:
             self._draining = draining
             self._send_hello(now)  # peers stop ranking us at once
+        self._settle_buckets(now)
 
     def adopt(self, key: SessionKey, now: float, *, last_seen: float, established: bool) -> bool:
         """Re-learn a session this member's kernel still serves (its daemon
@@ -532,6 +574,12 @@ class ClaimMachine:
         fragment_expiry = self._fragments.next_deadline()
         if fragment_expiry is not None:
             candidates.append(fragment_expiry)
+        if self._buckets is not None:
+            bucket_deadline = self._buckets.next_deadline()
+            if bucket_deadline is not None:
+                candidates.append(bucket_deadline)
+            if self._next_bucket_check is not None:
+                candidates.append(self._next_bucket_check)
         return min(candidates)
 
     # ------------------------------------------------------------ observation
@@ -587,6 +635,7 @@ class ClaimMachine:
             "timer_entries": self._table.timer_entries,
             "counters": self.counters.as_dict(),
             "drops": dict(self.drops),
+            "buckets": None if self._buckets is None else self._buckets.statistics(),
         }
 
     # -------------------------------------------------------- client packets
@@ -608,6 +657,18 @@ class ClaimMachine:
         if record.kind not in (FrameKind.TCP, FrameKind.UDP, FrameKind.ICMP_ECHO):
             self.drops["unknown_midstream"] += 1
             return DROP
+        buckets = self._buckets
+        if buckets is not None:
+            if buckets.lapsed(now):
+                self._buckets_dirty = True
+            in_bucket = buckets.verdict(key)
+            if in_bucket is OTHER:
+                # Another member holds its bucket (its kernel served it), or
+                # was granted it: not ours to claim.
+                self.drops["foreign"] += 1
+                return DROP
+            if in_bucket is MINE:
+                return self._serve_at_once(key, record, now, counted=counted)
         if self._table.is_full and not self._evict_one():
             self.drops["table_full"] += 1
             return DROP
@@ -632,6 +693,31 @@ class ClaimMachine:
             session.claim_at = now + delay
             self._table.schedule(session, session.claim_at)
         return verdict
+
+    def _serve_at_once(
+        self, key: SessionKey, record: Classified, now: float, *, counted: bool
+    ) -> Verdict:
+        """A new session of a bucket this member holds: it is ours with no
+        claim round (every live member granted the bucket), so its first
+        packet goes to the local kernel now. Nothing is sent."""
+        if self._table.is_full and not self._evict_one():
+            self.drops["table_full"] += 1
+            return DROP
+        self.counters.sessions_started += counted
+        self.counters.served_at_once += 1
+        session = Session(key, Phase.CLAIMING, now)
+        session.syn_sequence = record.sequence
+        session.my_score = BUCKET_SCORE
+        self._table.add(session)
+        session.best_member, session.best_score = self.member_id, BUCKET_SCORE
+        session.best_asserted = True
+        session.won_at = now
+        self._table.move(session, Event.WIN)
+        if key.transport != TCP:
+            self._table.mark_established(session)
+        self.counters.packets_injected += 1
+        self._schedule_expiry(session)
+        return INJECT
 
     def _may_claim(self, key: SessionKey, now: float) -> bool:
         if self._draining or self._announced_weight <= 0:
@@ -821,6 +907,14 @@ class ClaimMachine:
         session = self._table.get(claim.session)
         bid = (claim.score, claim.member_id)
         if session is None:
+            if self._buckets is not None and self._buckets.verdict(claim.session) is MINE:
+                # Its bucket is ours: our kernel serves its SYN without asking,
+                # so the claimer must yield (rule 4, with a score no claim beats).
+                self.counters.assertions_sent += 1
+                self._send(
+                    Assertion(self.member_id, self._next_counter(), claim.session, BUCKET_SCORE)
+                )
+                return
             # The claim outran the client's packet (or we never see that
             # packet): remember it, so that we never claim this session.
             self._learn_session(claim.session, claim.member_id, claim.score, False, now)
@@ -1080,6 +1174,9 @@ class ClaimMachine:
         mid-stream TCP packets of its sessions stay unclaimable.
         """
         self._peers.forget(peer)
+        if self._buckets is not None:
+            self._buckets.forget(peer.member_id)
+            self._buckets_dirty = True
         for session in self._table:
             if not session.mine and session.best_member == peer.member_id:
                 if session.state is PENDING:
@@ -1103,6 +1200,96 @@ class ClaimMachine:
                 leaving=self._leaving,
             )
         )
+        if self._buckets is not None and not self._leaving:
+            self._buckets_dirty = True  # a warming member may be warm now
+            self._send_buckets(now)
+
+    # --------------------------------------------------------------- buckets
+
+    @property
+    def buckets(self) -> Buckets | None:
+        return self._buckets
+
+    def _bucket_state(self, state: BucketState, peer: Peer | None) -> None:
+        self.counters.bucket_messages_received += 1
+        if self._buckets is None or peer is None:
+            return  # not met yet (its hello comes first): its next one counts
+        if state.bucket_count != self._buckets.count:
+            self.counters.bucket_count_mismatches += 1
+            return
+        self._buckets.heard(state)
+        self._buckets_dirty = True
+
+    def _bucket_candidate(self, now: float) -> Candidate | None:
+        """This member as the bucket rule ranks it; None while it may own none."""
+        if self._draining or self._leaving or self.is_warming(now) or self._weight <= 0:
+            return None
+        return Candidate(self.member_id, bucket_weight(self._weight, self._load), self._listening)
+
+    def _settle_buckets(self, now: float) -> None:
+        buckets = self._buckets
+        if buckets is None:
+            return
+        check = self._next_bucket_check
+        if not (self._buckets_dirty or buckets.due(now) or (check is not None and now >= check)):
+            return
+        self._buckets_dirty = False
+        changed = buckets.settle(
+            now,
+            self._bucket_candidate(now),
+            [peer.member_id for peer in self._peers.live(now)],
+            lambda state: self._trusted_state(state, now),
+            lambda: self._unsettled_buckets(now),
+        )
+        # Waiting for grants: look again soon (a new peer's messages count
+        # only after reorder_window; claims in the bucket get decided).
+        waiting = any(buckets.wanting.values())
+        self._next_bucket_check = now + BUCKET_RECHECK if waiting else None
+        if changed:
+            self._send_buckets(now)
+
+    def _send_buckets(self, now: float) -> None:
+        assert self._buckets is not None
+        self.counters.bucket_messages_sent += 1
+        state = self._buckets.state(
+            self._next_counter(),
+            self._bucket_candidate(now),
+            draining=self._draining,
+            warming=self.is_warming(now),
+        )
+        self._send(state)
+
+    def _trusted_state(self, state: BucketState, now: float) -> bool:
+        """A peer's BUCKETS message counts for a take once every earlier
+        message of its sender has arrived (as for acknowledgements, rule 3)."""
+        peer = self._peers.get(state.member_id)
+        return (
+            peer is not None
+            and not peer.missing
+            and state.counter > peer.trust_after
+            and now >= peer.heard_since + self.settings.reorder_window
+        )
+
+    def _unsettled_buckets(self, now: float) -> set[int]:
+        """Buckets with a claim still being decided here, or a rival's claim
+        heard lately and not yet asserted: not to be taken yet, since that
+        claimer may win the session."""
+        buckets = self._buckets
+        assert buckets is not None
+        recent = self.settings.ack_timeout + self.settings.reclaim_after
+        blocked: set[int] = set()
+        for session in self._table:
+            state = session.state
+            if state is PENDING or (
+                state is FOREIGN
+                and not session.best_asserted
+                and session.best_member != NO_MEMBER
+                and now - session.best_heard_at < recent
+            ):
+                bucket = buckets.bucket_of(session.key)
+                if bucket is not None:
+                    blocked.add(bucket)
+        return blocked
 
     def _messages_lost(self, peer: Peer, now: float) -> None:
         """Some of `peer`'s messages are lost: perhaps a claim for a session we

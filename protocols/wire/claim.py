@@ -12,6 +12,10 @@ increases by one with every message a member sends. Then a body by type:
 - ACKNOWLEDGEMENT: "I have handled member M's claim numbered N". Sent in
   answer to every claim; the claimer decides once every live member has
   acknowledged its claim (the others only count it in the sender's counter).
+- BUCKETS: the sender's whole bucket state (protocols.buckets): the weight it
+  ranks by, the ports its service listens on, the buckets it holds and those
+  it wants, and the buckets it grants to each member that wants them. Sent
+  with every hello and whenever it changes; each one replaces the last.
 
 When a key is configured the AUTHENTICATED flag is set and a 16-byte tag
 (truncated HMAC-SHA256 of everything before it) ends the message.
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from construct import (
+    Array,
     Bytes,
     Check,
     Float64b,
@@ -53,7 +58,7 @@ from protocols.errors import (
 )
 from protocols.session_key import SessionKey
 
-CLAIM_VERSION = 2  # 2: acknowledgements (a version-1 member never sends them)
+CLAIM_VERSION = 3  # 2: acknowledgements; 3: buckets (a version-2 member never grants them)
 TAG_LENGTH = 16
 
 
@@ -62,6 +67,7 @@ class MessageType(IntEnum):
     ASSERTION = 2
     HELLO = 3
     ACKNOWLEDGEMENT = 4
+    BUCKETS = 5
 
 
 _KNOWN_TYPES = frozenset(MessageType)
@@ -69,8 +75,8 @@ _KNOWN_TYPES = frozenset(MessageType)
 
 class MessageFlags(IntFlag):
     AUTHENTICATED = 0x01
-    DRAINING = 0x02  # hello: the sender serves what it has but claims nothing new
-    WARMING = 0x04  # hello: the sender joined recently and is still learning sessions
+    DRAINING = 0x02  # hello, buckets: the sender serves what it has but claims nothing new
+    WARMING = 0x04  # hello, buckets: the sender joined recently and is still learning sessions
     LEAVING = 0x08  # hello: the sender is shutting down; its sessions die with it
 
 
@@ -91,6 +97,27 @@ SESSION_KEY = Struct(
 SESSION_BODY = Struct("score" / Float64b, "session" / SESSION_KEY)
 HELLO_BODY = Struct("weight" / Float64b)
 ACKNOWLEDGEMENT_BODY = Struct("claimer" / Int64ub, "claim_counter" / Int64ub)
+ALL_PORTS = 0xFF  # a port count that means "every port" (the service is not checked)
+MAX_PORTS = 32  # more listening ports than this are announced as every port
+MAX_BUCKETS = 4096
+PORT = Struct("transport" / Int8ub, "port" / Int16ub)
+GRANT = Struct(
+    "member_id" / Int64ub,
+    "seen_counter" / Int64ub,  # the last BUCKETS message of that member's the sender had read
+    "buckets" / Bytes(lambda ctx: (ctx._.bucket_count + 7) // 8),
+)
+BUCKETS_BODY = Struct(
+    "bucket_count" / Int16ub,
+    Check(lambda ctx: 1 <= ctx.bucket_count <= MAX_BUCKETS),
+    "weight" / Float64b,
+    "port_count" / Int8ub,
+    "ports" / Array(lambda ctx: 0 if ctx.port_count == ALL_PORTS else ctx.port_count, PORT),
+    # Bucket i is bit i % 8 (low bit first) of byte i // 8.
+    "holding" / Bytes(lambda ctx: (ctx.bucket_count + 7) // 8),
+    "wanting" / Bytes(lambda ctx: (ctx.bucket_count + 7) // 8),
+    "grant_count" / Int8ub,
+    "grants" / Array(this.grant_count, GRANT),
+)
 
 CLAIM_MESSAGE = Struct(
     "version" / Int8ub,
@@ -108,6 +135,7 @@ CLAIM_MESSAGE = Struct(
             MessageType.ASSERTION: SESSION_BODY,
             MessageType.HELLO: HELLO_BODY,
             MessageType.ACKNOWLEDGEMENT: ACKNOWLEDGEMENT_BODY,
+            MessageType.BUCKETS: BUCKETS_BODY,
         },
     ),
     Check(lambda ctx: ctx.message_type in _KNOWN_TYPES),
@@ -171,7 +199,40 @@ class Acknowledgement:
         return encode_message(self)
 
 
-ClaimMessage = Claim | Assertion | Hello | Acknowledgement
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The sender lets `member_id` take `buckets`, having read that member's
+    BUCKETS messages up to `seen_counter`."""
+
+    member_id: int
+    seen_counter: int
+    buckets: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """A member's whole bucket state (see protocols.buckets); the latest replaces the rest.
+
+    `ports` is the (transport, port) pairs its service listens on, or None for
+    every port.
+    """
+
+    member_id: int
+    counter: int
+    bucket_count: int
+    weight: float
+    ports: frozenset[tuple[int, int]] | None
+    holding: frozenset[int]
+    wanting: frozenset[int]
+    grants: tuple[Grant, ...] = ()
+    draining: bool = False
+    warming: bool = False
+
+    def build(self) -> bytes:
+        return encode_message(self)
+
+
+ClaimMessage = Claim | Assertion | Hello | Acknowledgement | BucketState
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +250,9 @@ _HEADER = struct.Struct("!BBBQQ")
 _SESSION_FIXED = struct.Struct("!dBBHH")
 _HELLO = struct.Struct("!d")
 _ACKNOWLEDGEMENT = struct.Struct("!QQ")
+_BUCKETS_FIXED = struct.Struct("!HdB")
+_PORT = struct.Struct("!BH")
+_GRANT_FIXED = struct.Struct("!QQ")
 HEADER_LENGTH = _HEADER.size
 _MAX_U64 = 2**64 - 1
 
@@ -219,6 +283,8 @@ def encode_message(message: ClaimMessage, *, authenticated: bool = False) -> byt
             CLAIM_VERSION, MessageType.HELLO, flags, message.member_id, message.counter
         )
         return header + _HELLO.pack(message.weight)
+    if isinstance(message, BucketState):
+        return _encode_buckets(message, flags)
     if isinstance(message, Acknowledgement):
         if not 0 <= message.claimer <= _MAX_U64 or not 0 <= message.claim_counter <= _MAX_U64:
             raise LocalProtocolError("claimer and claim_counter must fit in 64 bits")
@@ -248,6 +314,112 @@ def encode_message(message: ClaimMessage, *, authenticated: bool = False) -> byt
         + key.client_address
         + key.cluster_address
     )
+
+
+def bitmap(buckets: frozenset[int], bucket_count: int) -> bytes:
+    """Bucket numbers as a bitmap: bucket i is bit i % 8 of byte i // 8."""
+    value = 0
+    for bucket in buckets:
+        if not 0 <= bucket < bucket_count:
+            raise LocalProtocolError(f"bucket {bucket} is not below {bucket_count}")
+        value |= 1 << bucket
+    return value.to_bytes((bucket_count + 7) // 8, "little")
+
+
+def from_bitmap(data: bytes, bucket_count: int) -> frozenset[int]:
+    value = int.from_bytes(data, "little")
+    if value >> bucket_count:
+        raise MalformedPacket(f"a bucket bitmap names buckets past {bucket_count}")
+    buckets = []
+    while value:
+        low = value & -value
+        buckets.append(low.bit_length() - 1)
+        value ^= low
+    return frozenset(buckets)
+
+
+def _encode_buckets(message: BucketState, flags: MessageFlags) -> bytes:
+    count = message.bucket_count
+    if not 1 <= count <= MAX_BUCKETS:
+        raise LocalProtocolError(f"bucket_count must be 1 to {MAX_BUCKETS}, not {count}")
+    _check_number("weight", message.weight)
+    if message.draining:
+        flags |= MessageFlags.DRAINING
+    if message.warming:
+        flags |= MessageFlags.WARMING
+    ports = message.ports
+    if ports is not None and len(ports) > MAX_PORTS:
+        raise LocalProtocolError(f"at most {MAX_PORTS} ports, or None for every port")
+    if len(message.grants) > 0xFE:
+        raise LocalProtocolError("too many grants in one message")
+    parts = [
+        _HEADER.pack(CLAIM_VERSION, MessageType.BUCKETS, flags, message.member_id, message.counter),
+        _BUCKETS_FIXED.pack(count, message.weight, ALL_PORTS if ports is None else len(ports)),
+    ]
+    for transport, port in sorted(ports or ()):
+        if not (0 <= transport <= 255 and 0 <= port <= 0xFFFF):
+            raise LocalProtocolError(f"port out of range: {transport}/{port}")
+        parts.append(_PORT.pack(transport, port))
+    parts.append(bitmap(message.holding, count))
+    parts.append(bitmap(message.wanting, count))
+    parts.append(bytes((len(message.grants),)))
+    for grant in message.grants:
+        if not 0 <= grant.member_id <= _MAX_U64 or not 0 <= grant.seen_counter <= _MAX_U64:
+            raise LocalProtocolError("grant member_id and seen_counter must fit in 64 bits")
+        parts.append(_GRANT_FIXED.pack(grant.member_id, grant.seen_counter))
+        parts.append(bitmap(grant.buckets, count))
+    return b"".join(parts)
+
+
+def _decode_buckets(
+    data: bytes, offset: int, flags: int, member_id: int, counter: int
+) -> tuple[BucketState, int]:
+    if len(data) < offset + _BUCKETS_FIXED.size:
+        raise MalformedPacket("buckets message is truncated")
+    count, weight, port_count = _BUCKETS_FIXED.unpack_from(data, offset)
+    offset += _BUCKETS_FIXED.size
+    if not 1 <= count <= MAX_BUCKETS:
+        raise MalformedPacket(f"buckets message has a bucket count of {count}")
+    if not math.isfinite(weight) or weight < 0:
+        raise MalformedPacket(f"buckets message carries an invalid weight {weight}")
+    ports: frozenset[tuple[int, int]] | None = None
+    if port_count != ALL_PORTS:
+        if len(data) < offset + port_count * _PORT.size:
+            raise MalformedPacket("buckets message is truncated")
+        ports = frozenset(
+            _PORT.unpack_from(data, offset + index * _PORT.size) for index in range(port_count)
+        )
+        offset += port_count * _PORT.size
+    size = (count + 7) // 8
+    if len(data) < offset + 2 * size + 1:
+        raise MalformedPacket("buckets message is truncated")
+    holding = from_bitmap(data[offset : offset + size], count)
+    wanting = from_bitmap(data[offset + size : offset + 2 * size], count)
+    offset += 2 * size
+    grant_count = data[offset]
+    offset += 1
+    grants = []
+    for _ in range(grant_count):
+        if len(data) < offset + _GRANT_FIXED.size + size:
+            raise MalformedPacket("buckets message is truncated")
+        granted_to, seen_counter = _GRANT_FIXED.unpack_from(data, offset)
+        offset += _GRANT_FIXED.size
+        granted = from_bitmap(data[offset : offset + size], count)
+        grants.append(Grant(granted_to, seen_counter, granted))
+        offset += size
+    state = BucketState(
+        member_id,
+        counter,
+        count,
+        weight,
+        ports,
+        holding,
+        wanting,
+        tuple(grants),
+        draining=bool(flags & MessageFlags.DRAINING),
+        warming=bool(flags & MessageFlags.WARMING),
+    )
+    return state, offset
 
 
 def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
@@ -296,6 +468,8 @@ def decode_message(data: bytes) -> tuple[ClaimMessage, int, bytes | None]:
         claimer, claim_counter = _ACKNOWLEDGEMENT.unpack_from(data, offset)
         offset += _ACKNOWLEDGEMENT.size
         message = Acknowledgement(member_id, counter, claimer, claim_counter)
+    elif message_type == MessageType.BUCKETS:
+        message, offset = _decode_buckets(data, offset, flags, member_id, counter)
     else:
         if len(data) < offset + _SESSION_FIXED.size:
             raise MalformedPacket("claim message is truncated")

@@ -20,6 +20,7 @@ from protocols.wire.claim import (
     Acknowledgement,
     Assertion,
     Claim,
+    BucketState,
     Hello,
     SignedClaimMessage,
     parse_claim_message,
@@ -53,6 +54,7 @@ Layer = (
     | Claim
     | Assertion
     | Hello
+    | BucketState
     | Acknowledgement
     | SignedClaimMessage
     | bytes
