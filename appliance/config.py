@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from protocols.bucket_hash import cluster_seed
+from protocols.buckets import BucketSettings
 from protocols.claim_machine import ClaimSettings, SettingsError
 from protocols.numbers import DEFAULT_CLAIM_PROTOCOL
 
@@ -178,6 +180,14 @@ KEYS: tuple[Key, ...] = (
         "new sessions are served on the TUN path.",
     ),
     Key(
+        "buckets",
+        1024,
+        _integer(0, 4096),
+        "Buckets the session space is cut into. A member that holds a bucket serves its new "
+        "sessions at once, with no claim round (on the fast path, in the kernel); every "
+        "member must use the same number. 0: claim every session on its own.",
+    ),
+    Key(
         "control_socket",
         "@appliance",
         _socket_name,
@@ -322,6 +332,20 @@ class Config:
             )
         except SettingsError as error:
             raise ConfigError(str(error)) from None
+
+    def bucket_settings(self, key: bytes | None) -> BucketSettings | None:
+        """The bucket rule's settings, None with buckets = 0. The lease stays
+        well inside member_timeout: a member that stops running loses its
+        buckets before its peers give up on it and take them."""
+        count = self.values["buckets"]
+        if not count:
+            return None
+        return BucketSettings(
+            count=count,
+            seed=cluster_seed(self.cluster_ip.packed, key),
+            lease=self.values["member_timeout"] / 2,
+            udp_transition=self.values["udp_idle_timeout"],
+        )
 
     def claim_key(self) -> bytes | None:
         path: Path | None = self.values["key_file"]

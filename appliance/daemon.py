@@ -22,12 +22,13 @@ import trio
 
 from appliance.config import Config
 from appliance.dataplane.frames import FrameBuilder
+from appliance.dataplane.kernel_buckets import KernelBuckets
 from appliance.dataplane.kernel_path import (
     OWNED,
     TABLE,
     KernelPath,
-    KernelSession,
     KernelSets,
+    Leftover,
     PathTimeouts,
     remove_table,
 )
@@ -130,7 +131,7 @@ class Daemon:
                 # itself (UDP and ICMP would be served by every member).
                 write_sysctl(f"ipv4/conf/{config.bridge}/drop_unicast_in_l2_multicast", 1)
             facts = await trio.to_thread.run_sync(bridge_facts, config.bridge)
-            path, leftover = await self._start_kernel_path(facts)
+            path, leftover = await self._start_kernel_path(facts, key)
             if path is not None:
                 cleanup.callback(path.remove)  # also if anything below refuses
             tap = TapDevice(config.tap_name, offloads=config.offloads)
@@ -148,8 +149,8 @@ class Daemon:
             await self._serve(control, tap, tun, facts.ipv4, key, signals, path, leftover)
 
     async def _start_kernel_path(
-        self, facts: BridgeFacts
-    ) -> tuple[KernelPath | None, list[KernelSession]]:
+        self, facts: BridgeFacts, key: bytes | None
+    ) -> tuple[KernelPath | None, Leftover]:
         """Load the fast path's table (replacing one a crashed daemon left,
         whose owned sessions are returned to be re-learned); None for the TUN path."""
         config = self.config
@@ -157,8 +158,9 @@ class Daemon:
             # A table a crashed daemon left would drop this path's sessions.
             await trio.to_thread.run_sync(remove_table)
             log.info("serving on the TUN path (fast_path = off)")
-            return None, []
+            return None, Leftover()
         settings = config.claim_settings()
+        buckets = config.bucket_settings(key)
         path = KernelPath(
             cluster_ip=config.cluster_ip,
             cluster_mac=str(self.cluster_mac),
@@ -169,6 +171,8 @@ class Daemon:
                 tcp_idle=settings.tcp_idle_timeout,
                 udp_idle=settings.udp_idle_timeout,
             ),
+            buckets=buckets.count if buckets else 1,
+            seed=buckets.seed if buckets else 0,
         )
         try:
             leftover = await trio.to_thread.run_sync(path.leftover)
@@ -180,7 +184,7 @@ class Daemon:
                 ) from None
             await trio.to_thread.run_sync(remove_table)
             log.warning("the kernel fast path is unavailable (%s): serving on the TUN path", error)
-            return None, []
+            return None, Leftover()
         log.info(
             "serving on the kernel fast path (nftables table bridge %s, sets of %d)",
             TABLE,
@@ -201,11 +205,12 @@ class Daemon:
         key: bytes | None,
         signals: Any,
         path: KernelPath | None,
-        leftover: list[KernelSession],
+        leftover: Leftover,
     ) -> None:
         config = self.config
         now = trio.current_time()
         kernel = None if path is None else KernelSets(path)
+        bucket_settings = config.bucket_settings(key)
         machine = ClaimMachine(
             self.member_id,
             config.claim_settings(),
@@ -215,20 +220,28 @@ class Daemon:
             listening=listening_ports(config.cluster_ip),
             table_listener=kernel,
             activity=kernel,
+            buckets=bucket_settings,
+        )
+        kernel_buckets = (
+            None
+            if path is None or machine.buckets is None
+            else KernelBuckets(path, machine.buckets, config.claim_settings().tcp_idle_timeout)
         )
         # Sessions the kernel kept serving while no daemon ran are this
         # member's again, asserted to peers, before anything new is claimed.
         declined = [
             carried.key
-            for carried in leftover
+            for carried in leftover.sessions
             if not machine.adopt(
                 carried.key, now, last_seen=now - carried.age, established=carried.refreshed
             )
         ]
         if leftover:
             log.info(
-                "re-learned %d session(s) the kernel kept serving",
-                len(leftover) - len(declined),
+                "re-learned %d session(s) the kernel kept serving, and %d bucket(s) whose "
+                "sessions it serves",
+                len(leftover.sessions) - len(declined),
+                len(leftover.history),
             )
         if path is not None and declined:
             path.remove_elements(OWNED, declined)  # no room in the table: not ours to serve
@@ -247,6 +260,7 @@ class Daemon:
             builder=builder,
             authenticator=ClaimAuthenticator(key),
             kernel=kernel,
+            kernel_buckets=kernel_buckets,
         )
         try:
             async with trio.open_nursery() as nursery:

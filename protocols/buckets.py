@@ -179,12 +179,21 @@ class Buckets:
         live: Iterable[int],
         trusted: Callable[[BucketState], bool],
         unsettled: Callable[[], set[int]],
+        speaking: set[int] | None = None,
     ) -> bool:
         """Apply rules 1 to 4 to the current view. `me` is this member as a
         candidate (None: draining, warming or weightless); `live` the live
         peers; `trusted` says whether a peer's message may count for a take;
-        `unsettled` lists buckets with a claim still being decided here.
-        True if this member's own state changed (send a BUCKETS message)."""
+        `unsettled` lists buckets with a claim still being decided here;
+        `speaking` the live peers heard within a lease (None: all of them).
+        True if this member's own state changed (send a BUCKETS message).
+
+        A bucket held by (or granted to) a peer not heard for a lease is open
+        again before that peer is declared gone: if it died or froze, its
+        lease ran out and its kernel serves that bucket no more, and its new
+        sessions are claimed one by one (waiting `ack_timeout` for the silent
+        peer, as any claim does) instead of being dropped until
+        `member_timeout`. Its buckets are taken only once it is gone."""
         live_ids = set(live)
         for member_id in [member_id for member_id in self.states if member_id not in live_ids]:
             self.forget(member_id)
@@ -265,7 +274,11 @@ class Buckets:
         if ports != self.ports:
             self.ports = ports
             self.version += 1
-        self._refresh_verdicts(now, held_by_peers)
+        if speaking is not None:
+            held_by_peers = {
+                bucket: peer_id for bucket, peer_id in held_by_peers.items() if peer_id in speaking
+            }
+        self._refresh_verdicts(now, held_by_peers, speaking)
         return changed
 
     def _granted_by_all(
@@ -326,6 +339,11 @@ class Buckets:
     def _my_bid(self, bucket: int, me: Candidate | None) -> tuple[float, int]:
         return self._bid(bucket, self.member_id, 0.0 if me is None else me.weight)
 
+    def holds_anything(self, member_id: int) -> bool:
+        """Whether a peer holds or was granted any bucket, as far as we know."""
+        state = self.states.get(member_id)
+        return bool(state is not None and state.holding) or member_id in self.granted_to.values()
+
     def owner(self, bucket: int) -> int:
         """The member this view ranks first for `bucket` (-1: none can own it)."""
         return self._owners[bucket]
@@ -344,7 +362,9 @@ class Buckets:
 
     # --------------------------------------------------------- verdicts
 
-    def _refresh_verdicts(self, now: float, held_by_peers: dict[int, int]) -> None:
+    def _refresh_verdicts(
+        self, now: float, held_by_peers: dict[int, int], speaking: set[int] | None
+    ) -> None:
         tcp, udp = bytearray(self.count), bytearray(self.count)
         transition_end = self.settings.udp_transition
         next_change: float | None = None
@@ -356,7 +376,10 @@ class Buckets:
                     udp[bucket] = MINE
                 else:
                     next_change = opens_at if next_change is None else min(next_change, opens_at)
-            elif bucket in self.granted_to or bucket in held_by_peers:
+            elif bucket in held_by_peers or (
+                bucket in self.granted_to
+                and (speaking is None or self.granted_to[bucket] in speaking)
+            ):
                 tcp[bucket] = udp[bucket] = OTHER
         self._next_udp_change = next_change
         if tcp != self._tcp or udp != self._udp:

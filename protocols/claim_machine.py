@@ -148,8 +148,8 @@ class ClaimSettings:
     resync_repeats: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 3.0, 4.0)
     reorder_window: float = 0.01  # a counter gap not filled by then is a loss
     reclaim_after: float = 0.5  # a claim never confirmed may be retried after this
-    hello_interval: float = 1.0
-    member_timeout: float = 3.5  # a member not heard for this long is gone
+    hello_interval: float = 0.3  # with every hello goes the BUCKETS message
+    member_timeout: float = 1.5  # a member not heard for this long is gone (its lease: half)
     join_grace: float = 2.5  # a new member claims no unseen UDP flows for this long
     handshake_timeout: float = 10.0  # a TCP session whose client never acknowledged
     tcp_idle_timeout: float = 3600.0
@@ -1234,17 +1234,28 @@ class ClaimMachine:
         if not (self._buckets_dirty or buckets.due(now) or (check is not None and now >= check)):
             return
         self._buckets_dirty = False
+        live = self._peers.live(now)
+        lease = buckets.settings.lease
+        speaking = {peer.member_id for peer in live if now - peer.last_heard <= lease}
         changed = buckets.settle(
             now,
             self._bucket_candidate(now),
-            [peer.member_id for peer in self._peers.live(now)],
+            [peer.member_id for peer in live],
             lambda state: self._trusted_state(state, now),
             lambda: self._unsettled_buckets(now),
+            speaking,
         )
         # Waiting for grants: look again soon (a new peer's messages count
-        # only after reorder_window; claims in the bucket get decided).
+        # only after reorder_window; claims in the bucket get decided). And
+        # when a peer that holds buckets may fall silent for a lease.
         waiting = any(buckets.wanting.values())
-        self._next_bucket_check = now + BUCKET_RECHECK if waiting else None
+        checks = [now + BUCKET_RECHECK] if waiting else []
+        checks.extend(
+            peer.last_heard + lease + BUCKET_RECHECK
+            for peer in live
+            if peer.member_id in speaking and buckets.holds_anything(peer.member_id)
+        )
+        self._next_bucket_check = min(checks) if checks else None
         if changed:
             self._send_buckets(now)
 

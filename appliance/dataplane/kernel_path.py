@@ -23,6 +23,25 @@ meets these rules, in order:
 4. a UDP flow in `foreign4` (asserted by another member) is dropped;
 5. everything else (new UDP flows, ICMP, claims, ARP) goes on to the TAP.
 
+Claimed buckets (protocols.buckets) come on top, for the bucket ports in
+`bucket_ports4` (the ports every member serves). A packet's bucket is
+`jhash ip saddr . th sport mod BUCKETS seed SEED`, put in the packet's mark
+(cleared again before the host sees it):
+
+- a SYN of a session in no per-session set, in a bucket in `mine_tcp4`
+  (held, with the lease as its timeout), goes to the local stack at once,
+  and one in `other4` (held by, or granted to, another member) is dropped:
+  no Python and no state on any member, so the owner's SYN cookies take a
+  flood; a SYN of an open bucket goes on to the TAP and its claim;
+- a later TCP segment of a bucket in `history4` (held now, or within the TCP
+  idle timeout) goes to the local stack: the sessions of a bucket this member
+  held stay its own when the bucket moves, since only a SYN starts one. Its
+  stack has no socket for the new holder's sessions, and answers them with a
+  reset that carries no ACK, which the `output` chain drops for the cluster
+  address (so a stray segment never resets a session another member serves);
+- a new UDP flow in `mine_udp4` (held, and past the UDP transition) goes to
+  the local stack, one in `other4` is dropped.
+
 Elements are added and removed at the rate sessions are decided, in one
 nfnetlink batch per wake-up written with `struct` on a netlink socket (the
 kernel commits a batch inside `sendmsg`, so an element is in place before the
@@ -44,8 +63,9 @@ import logging
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, ip_address
 
 from appliance.errors import UserError
@@ -68,6 +88,11 @@ PROTOCOL_NAMES = {
 OWNED = "owned4"
 FOREIGN = "foreign4"
 FOREIGN_TCP_CHAIN = "foreign_tcp4"
+MINE_TCP = "mine_tcp4"
+MINE_UDP = "mine_udp4"
+OTHER = "other4"
+HISTORY = "history4"
+BUCKET_PORTS = "bucket_ports4"
 
 # nfnetlink, from linux/netfilter/nfnetlink.h and nf_tables.h.
 NETLINK_NETFILTER = 12
@@ -125,12 +150,43 @@ def _message(
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), kind, flags, sequence, 0) + payload
 
 
-def element_batch(
-    operation: int, set_name: str, elements: Sequence[tuple[bytes, int | None]], sequence: int
-) -> bytes:
+def mark_key(bucket: int) -> bytes:
+    """The set key of a bucket number, as the kernel stores a mark (host byte order)."""
+    return bucket.to_bytes(4, sys.byteorder)
+
+
+Elements = Sequence[tuple[bytes, int | None]]
+
+
+def element_batch(operation: int, set_name: str, elements: Elements, sequence: int) -> bytes:
     """One nfnetlink batch that adds (NFT_MSG_NEWSETELEM) or removes
     (NFT_MSG_DELSETELEM) `elements`, each a key and a timeout in milliseconds
     (None: the set's default). The batch's messages are numbered from `sequence`."""
+    return element_transaction([(operation, set_name, elements)], sequence)
+
+
+def element_transaction(operations: Sequence[tuple[int, str, Elements]], sequence: int) -> bytes:
+    """One nfnetlink batch of several element operations, committed together
+    or not at all; its messages are numbered from `sequence`."""
+    body = b"".join(
+        _element_message(operation, set_name, elements, sequence + 1 + index)
+        for index, (operation, set_name, elements) in enumerate(operations)
+    )
+    return (
+        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0, NFNL_SUBSYS_NFTABLES, b"")
+        + body
+        + _message(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            sequence + 1 + len(operations),
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            b"",
+        )
+    )
+
+
+def _element_message(operation: int, set_name: str, elements: Elements, sequence: int) -> bytes:
     listed = b"".join(
         _attribute(
             NFTA_LIST_ELEM | NLA_F_NESTED,
@@ -149,13 +205,7 @@ def element_batch(
         + _attribute(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, listed)
     )
     flags = NLM_F_REQUEST | (NLM_F_CREATE if operation == NFT_MSG_NEWSETELEM else 0)
-    return (
-        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, sequence, 0, NFNL_SUBSYS_NFTABLES, b"")
-        + _message(
-            NFNL_SUBSYS_NFTABLES << 8 | operation, flags, sequence + 1, NFPROTO_BRIDGE, 0, body
-        )
-        + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, sequence + 2, 0, NFNL_SUBSYS_NFTABLES, b"")
-    )
+    return _message(NFNL_SUBSYS_NFTABLES << 8 | operation, flags, sequence, NFPROTO_BRIDGE, 0, body)
 
 
 def element_query(set_name: str, key: bytes, sequence: int) -> bytes:
@@ -237,6 +287,18 @@ class KernelSession:
 
 
 @dataclass(frozen=True, slots=True)
+class Leftover:
+    """What a crashed daemon's table still held: sessions, and the buckets'
+    history (bucket: seconds left)."""
+
+    sessions: tuple[KernelSession, ...] = ()
+    history: dict[int, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions or self.history)
+
+
+@dataclass(frozen=True, slots=True)
 class PathTimeouts:
     """The elements' timeouts, and what an element's expiry says of its session."""
 
@@ -268,12 +330,20 @@ def ruleset(
     bridge_mac: str,
     size: int,
     timeouts: PathTimeouts,
+    buckets: int = 1024,
+    seed: int = 0,
     degraded: bool = False,
     comment: str = "",
 ) -> str:
     """The table, as an `nft -f` script; see the module docstring for the rules."""
     fields = "ip saddr . ip protocol . th sport . th dport"
     key_type = "ipv4_addr . inet_proto . inet_service . inet_service"
+    bucket = f"meta mark set jhash ip saddr . th sport mod {buckets} seed {seed:#x}"
+    bucket_port = f"meta l4proto . th dport @{BUCKET_PORTS}"
+    bucket_sets = "\n".join(
+        f"    set {name} {{ type mark; {'flags timeout; ' if timed else ''}size {buckets}; }}"
+        for name, timed in ((MINE_TCP, True), (MINE_UDP, True), (OTHER, False), (HISTORY, True))
+    )
 
     def refresh(set_name: str, timeout: float) -> str:
         return f"update @{set_name} {{ {fields} timeout {int(timeout * 1000)}ms }}"
@@ -285,24 +355,49 @@ table bridge {TABLE} {{
     comment "{comment}"
     set {OWNED} {{ type {key_type}; flags timeout; size {size}; }}
     set {FOREIGN} {{ type {key_type}; flags timeout; size {size}; }}
+    set {BUCKET_PORTS} {{ type inet_proto . inet_service; flags interval; }}
+{bucket_sets}
     chain prerouting {{
         type filter hook prerouting priority dstnat; policy accept;
         ether daddr {cluster_mac} ip daddr {cluster_ip} jump cluster4
     }}
     chain cluster4 {{
         ip frag-off & 0x3fff != 0 return
+        tcp flags & (syn | ack | rst) == syn {bucket_port} jump new_tcp4
         tcp flags & syn != 0 return
         {fields} @{OWNED} tcp flags & (fin | rst) != 0 return
         {fields} @{OWNED} meta l4proto tcp {tcp_idle} goto to_host
         {fields} @{OWNED} meta l4proto udp {udp_idle} goto to_host
+        meta l4proto tcp {bucket_port} jump held_tcp4
         jump {FOREIGN_TCP_CHAIN}
         {fields} @{FOREIGN} meta l4proto udp {foreign_idle} drop
+        meta l4proto udp {bucket_port} jump new_udp4
+    }}
+    chain new_tcp4 {{
+        {fields} @{OWNED} return
+        {fields} @{FOREIGN} return
+        {bucket}
+        meta mark @{MINE_TCP} goto to_host
+        meta mark @{OTHER} drop
+    }}
+    chain held_tcp4 {{
+        {bucket}
+        meta mark @{HISTORY} goto to_host
+    }}
+    chain new_udp4 {{
+        {bucket}
+        meta mark @{MINE_UDP} goto to_host
+        meta mark @{OTHER} drop
     }}
     chain {FOREIGN_TCP_CHAIN} {{
         {"" if degraded else "meta l4proto tcp drop"}
     }}
     chain to_host {{
-        ether daddr set {bridge_mac} meta pkttype set host accept
+        meta mark set 0 ether daddr set {bridge_mac} meta pkttype set host accept
+    }}
+    chain output {{
+        type filter hook output priority 0; policy accept;
+        ip saddr {cluster_ip} tcp flags & (rst | ack) == rst drop
     }}
 }}
 """
@@ -358,7 +453,11 @@ class KernelPath:
         bridge_mac: str,
         size: int,
         timeouts: PathTimeouts,
+        buckets: int = 1024,
+        seed: int = 0,
     ) -> None:
+        self.buckets = buckets
+        self.seed = seed
         self.cluster_ip = cluster_ip
         self.cluster_mac = cluster_mac
         self.bridge_mac = bridge_mac
@@ -384,32 +483,39 @@ class KernelPath:
         timeouts = self.timeouts
         return (
             f"appliance {self.cluster_ip} handshake {timeouts.handshake:g} "
-            f"tcp {timeouts.tcp_idle:g} udp {timeouts.udp_idle:g}"
+            f"tcp {timeouts.tcp_idle:g} udp {timeouts.udp_idle:g} "
+            f"buckets {self.buckets} seed {self.seed:#x}"
         )
 
-    def leftover(self) -> list[KernelSession]:
-        """Owned sessions of a table a crashed daemon left behind; empty when
-        there is no such table, or it was made for another cluster IP or
-        other timeouts (its sessions cannot be read right)."""
+    def leftover(self) -> Leftover:
+        """Owned sessions and held buckets of a table a crashed daemon left
+        behind; empty when there is no such table, or it was made for another
+        cluster IP, other timeouts or other buckets (it cannot be read right)."""
         try:
             # nft 1.0.6 leaves a table's comment out of its JSON.
             described = _run_nft(["nft", "list", "table", "bridge", TABLE], None)
             listing = nft_json("list", "table", "bridge", TABLE)
         except UserError:
-            return []
+            return Leftover()
         if f'comment "{self.stamp}"' not in described:
             log.warning("a table bridge %s from another configuration is replaced", TABLE)
-            return []
-        return self.parse_listing(listing)[0]
+            return Leftover()
+        return Leftover(tuple(self.parse_listing(listing)[0]), self.parse_history(listing))
 
-    def load(self, keep: Iterable[KernelSession] = ()) -> None:
+    def load(self, keep: Leftover | None = None) -> None:
         """Create the table, replacing one left by a crash, in one transaction,
-        with `keep` already in the owned set, each with the timeout it had
-        left (an established TCP session keeps its idle timeout)."""
-        kept = list(keep)
+        with `keep`'s sessions already in the owned set, each with the timeout
+        it had left (an established TCP session keeps its idle timeout), and
+        its buckets' history: their sessions go on reaching the local stack.
+        No bucket is held: holding needs the peers' grants afresh."""
+        kept = [] if keep is None else list(keep.sessions)
+        history = {} if keep is None else keep.history
         elements = ", ".join(
             f"{nft_key(carried.key)} timeout {int(self.timeout_of(carried) * 1000)}ms"
             for carried in kept
+        )
+        held = ", ".join(
+            f"{bucket} timeout {max(1000, int(left * 1000))}ms" for bucket, left in history.items()
         )
         script = (
             f"table bridge {TABLE}\ndelete table bridge {TABLE}\n"
@@ -419,9 +525,12 @@ class KernelPath:
                 bridge_mac=self.bridge_mac,
                 size=max(self.size, len(kept)),
                 timeouts=self.timeouts,
+                buckets=self.buckets,
+                seed=self.seed,
                 comment=self.stamp,
             )
             + (f"add element bridge {TABLE} {OWNED} {{ {elements} }}\n" if kept else "")
+            + (f"add element bridge {TABLE} {HISTORY} {{ {held} }}\n" if history else "")
         )
         nft(script)
         self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -464,6 +573,58 @@ class KernelPath:
             chosen = owned if found["name"] == OWNED else foreign
             chosen.extend(self._parse_elements(found.get("elem", ())))
         return owned, foreign
+
+    def parse_history(self, listing: str) -> dict[int, float]:
+        """The history set's buckets and the seconds each has left, from `nft -j` output."""
+        history: dict[int, float] = {}
+        for entry in json.loads(listing).get("nftables", ()):
+            found = entry.get("set") if isinstance(entry, dict) else None
+            if not isinstance(found, dict) or found.get("name") != HISTORY:
+                continue
+            for item in found.get("elem", ()):
+                element = item.get("elem", item) if isinstance(item, dict) else item
+                value = element.get("val") if isinstance(element, dict) else element
+                left = element.get("expires", 0) if isinstance(element, dict) else 0
+                if isinstance(value, int) and 0 <= value < self.buckets:
+                    history[value] = float(left)
+        return history
+
+    def set_bucket_ports(self, ports: frozenset[tuple[int, int]] | None) -> None:
+        """The ports served by bucket (None: every TCP and UDP port); blocking `nft`."""
+        if ports is None:
+            listed = "tcp . 0-65535, udp . 0-65535"
+        else:
+            listed = ", ".join(
+                f"{'tcp' if transport == IpProtocol.TCP else 'udp'} . {port}"
+                for transport, port in sorted(ports)
+            )
+        script = f"flush set bridge {TABLE} {BUCKET_PORTS}\n" + (
+            f"add element bridge {TABLE} {BUCKET_PORTS} {{ {listed} }}\n" if listed else ""
+        )
+        nft(script)
+
+    def write_buckets(self, operations: Sequence[tuple[int, str, Elements]]) -> bool:
+        """Bucket elements, in one transaction: True if the kernel took it.
+        Raises TableLost if the table is gone."""
+        assert self._socket is not None, "load() first"
+        operations = [operation for operation in operations if operation[2]]
+        if not operations:
+            return True
+        self._sequence = (self._sequence + 2 + len(operations)) & 0x7FFFFFFF
+        try:
+            self._socket.send(element_transaction(operations, self._sequence))
+        except OSError as error:
+            log.debug("bucket elements refused: %s", error)
+            return False
+        self.batches += 1
+        failed = [code for _, code in errors_in(self._drain())]
+        if (
+            failed
+            and all(code == errno.ENOENT for code in failed)
+            and not any(operation == NFT_MSG_DELSETELEM for operation, _, _ in operations)
+        ):
+            raise TableLost("the bucket sets are gone")
+        return not failed
 
     def _parse_elements(self, elements: Iterable[object]) -> list[KernelSession]:
         parsed = []

@@ -24,6 +24,7 @@ from typing import cast
 import trio
 
 from appliance.dataplane.frames import FrameBuilder
+from appliance.dataplane.kernel_buckets import KernelBuckets
 from appliance.dataplane.kernel_path import KernelSets
 from appliance.host.devices import READ_SIZE, TapDevice, TunDevice
 from protocols.claim_auth import ClaimAuthenticator
@@ -80,9 +81,11 @@ class DataPlane:
         builder: FrameBuilder,
         authenticator: ClaimAuthenticator,
         kernel: KernelSets | None = None,
+        kernel_buckets: KernelBuckets | None = None,
     ) -> None:
         self.tap = tap
         self.kernel = kernel  # None: the TUN path, every packet through this loop
+        self.kernel_buckets = kernel_buckets
         self.tun = tun
         self.machine = machine
         self.classifier = classifier
@@ -255,6 +258,10 @@ class DataPlane:
             # Before a won session's first packets are injected: its later
             # packets must already find its element in the kernel.
             kernel.flush()
+        if self.kernel_buckets is not None:
+            # Before any message: a bucket let go leaves the kernel before
+            # the peers can hear of it.
+            self.kernel_buckets.sync(trio.current_time())
         for action in self.machine.pop_actions():
             if isinstance(action, SendMessage):
                 frame = self.builder.claim_frame(self.authenticator.seal(action.message))

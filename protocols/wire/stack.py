@@ -19,8 +19,8 @@ from protocols.wire.arp import ArpPacket
 from protocols.wire.claim import (
     Acknowledgement,
     Assertion,
-    Claim,
     BucketState,
+    Claim,
     Hello,
     SignedClaimMessage,
     parse_claim_message,
