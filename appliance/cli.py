@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,17 @@ def drain(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _bucket_line(buckets: Mapping[str, int]) -> str:
+    if not buckets:
+        return "buckets: off (every session claimed on its own)"
+    return (
+        f"buckets: holds {buckets.get('held', 0)} of {buckets.get('count', 0)}"
+        f", wants {buckets.get('wanted', 0)}, granted {buckets.get('granted', 0)} to others"
+        f"; taken {buckets.get('taken', 0)}, released {buckets.get('released', 0)}"
+        f", conflicts {buckets.get('conflicts', 0)}, lapses {buckets.get('lapses', 0)}"
+    )
+
+
 def format_status(status: StatusReport) -> str:
     state = "draining" + (" (drained)" if status.drained else "") if status.draining else "serving"
     if status.warming:
@@ -275,6 +286,7 @@ def format_status(status: StatusReport) -> str:
         + (", claims authenticated" if status.authenticated else "")
         + f", data path: {status.data_path}",
         "listening on: " + (" ".join(status.listening) or "nothing (claims ICMP only)"),
+        _bucket_line(status.buckets),
         "",
         f"  {'member':18} {'address':15} {'last seen':>9} {'weight':>7} {'share':>6}",
     ]

@@ -227,6 +227,8 @@ class Daemon:
             if path is None or machine.buckets is None
             else KernelBuckets(path, machine.buckets, config.claim_settings().tcp_idle_timeout)
         )
+        if kernel_buckets is not None:
+            kernel_buckets.relearned = len(leftover.history)
         # Sessions the kernel kept serving while no daemon ran are this
         # member's again, asserted to peers, before anything new is claimed.
         declined = [
@@ -443,7 +445,22 @@ class Daemon:
             drops=tally("drops"),
             frames=self.plane.counters.as_dict() | self._kernel_counters(),
             data_path=self.data_path(),
+            buckets=self.bucket_report(statistics),
         )
+
+    def bucket_report(self, statistics: dict[str, object]) -> dict[str, int]:
+        """The bucket rule's figures, flat: counts, its counters, and what the kernel holds."""
+        figures = statistics.get("buckets")
+        if not isinstance(figures, dict):
+            return {}
+        report = {name: int(value) for name, value in figures.items() if isinstance(value, int)}
+        counters = figures.get("counters")
+        if isinstance(counters, dict):
+            report.update({str(name): int(value) for name, value in counters.items()})
+        assert self.plane is not None
+        if self.plane.kernel_buckets is not None:
+            report.update(self.plane.kernel_buckets.statistics())
+        return report
 
     def data_path(self) -> str:
         """Which path serves won sessions, as `status` shows it: "kernel", else why not."""

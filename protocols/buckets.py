@@ -101,7 +101,7 @@ class Candidate:
 class BucketCounters:
     taken: int = 0
     released: int = 0
-    granted: int = 0
+    grants_given: int = 0
     conflicts: int = 0  # another member held a bucket this member held
     lapses: int = 0  # this member found its lease run out (frozen) and let go of all
 
@@ -253,7 +253,7 @@ class Buckets:
                     continue
                 if bucket not in self.granted_to:
                     self.granted_to[bucket] = peer_id
-                    self.counters.granted += 1
+                    self.counters.grants_given += 1
                     changed = True
                 self.wanting.pop(bucket, None)
         # Rule 3: take what every live member granted.

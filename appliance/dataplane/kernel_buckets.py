@@ -52,6 +52,7 @@ class KernelBuckets:
         self._renewed_until = 0.0
         self.writes = 0
         self.failures = 0
+        self.relearned = 0  # buckets whose history a crashed daemon's table kept
 
     def sync(self, now: float) -> None:
         """Write what changed, and renew the lease when due. Never raises."""
@@ -158,4 +159,5 @@ class KernelBuckets:
             "other_in_kernel": sum(1 for verdict in self._tcp if verdict == OTHER_VERDICT),
             "writes": self.writes,
             "failures": self.failures,
+            "history_relearned": self.relearned,
         }

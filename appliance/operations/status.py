@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
@@ -155,6 +155,9 @@ class StatusReport:
     drops: Mapping[str, int]
     frames: Mapping[str, int]
     data_path: str  # "kernel" (the fast path), "kernel, degraded (owned set full)" or "tun"
+    # Claimed buckets: count, held, wanted, granted, taken, released, conflicts,
+    # lapses, and on the fast path held_in_kernel and other_in_kernel; empty without them.
+    buckets: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of `appliance-ctl status --json`."""
@@ -177,6 +180,7 @@ class StatusReport:
             "drops": dict(self.drops),
             "frames": dict(self.frames),
             "data_path": self.data_path,
+            "buckets": dict(self.buckets),
         }
 
     @classmethod
@@ -202,6 +206,7 @@ class StatusReport:
             drops=report.tally("drops"),
             frames=report.tally("frames", SHOWN_FRAMES),
             data_path=report.text("data_path"),
+            buckets=report.tally("buckets"),
         )
 
 

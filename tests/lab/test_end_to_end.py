@@ -123,6 +123,12 @@ def test_a_late_joiner_breaks_no_running_transfer_and_then_takes_new_sessions(
     newcomer = cluster.add_member()
     assert transfers.running, "the transfers ended before the newcomer was up"
     transfers.finish()
+    if newcomer.appliance.status().buckets:
+        # Its share of buckets, once warm (join_grace) and granted by every member.
+        deadline = time.monotonic() + 10
+        while not newcomer.appliance.status().buckets.get("held"):
+            assert time.monotonic() < deadline, "the newcomer took no bucket within 10 s"
+            time.sleep(0.2)
     after = cluster.curl(unique_paths(120, "new"), parallel=10)
     assert all(code == 200 for _, code, _ in after)
     assert any(body == newcomer.name for _, _, body in after)

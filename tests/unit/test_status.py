@@ -44,6 +44,9 @@ DROPS = {"foreign": 12, "not_claimed": 3}
 FRAMES = {name.name: 100 + index for index, name in enumerate(fields(FrameCounters))}
 
 
+BUCKETS = {"count": 1024, "held": 341, "wanted": 2, "granted": 683, "taken": 343, "conflicts": 0}
+
+
 def sample_report() -> StatusReport:
     return StatusReport(
         cluster_ip=IPv4Address("192.0.2.10"),
@@ -67,6 +70,7 @@ def sample_report() -> StatusReport:
         drops=DROPS,
         frames=FRAMES,
         data_path="kernel",
+        buckets=BUCKETS,
     )
 
 
@@ -109,6 +113,7 @@ SAMPLE_JSON: dict[str, Any] = {
     "drops": DROPS,
     "frames": FRAMES,
     "data_path": "kernel",
+    "buckets": BUCKETS,
 }
 
 
@@ -252,8 +257,12 @@ def test_the_cli_prints_the_typed_report() -> None:
         "this member: 0123456789abcdef, up 12s, claims authenticated, data path: kernel"
     )
     assert lines[2] == "listening on: tcp/80 udp/53"
-    assert lines[5] == "  0123456789abcdef   192.0.2.1            self    1.00  25.0% draining"
-    assert lines[6] == "  0000000000000bad   ?                    0.1s    2.00  75.0%"
+    assert lines[3] == (
+        "buckets: holds 341 of 1024, wants 2, granted 683 to others; taken 343, released 0"
+        ", conflicts 0, lapses 0"
+    )
+    assert lines[6] == "  0123456789abcdef   192.0.2.1            self    1.00  25.0% draining"
+    assert lines[7] == "  0000000000000bad   ?                    0.1s    2.00  75.0%"
     assert "sessions: 1 owned, 3 foreign, 2 pending, 4 closing" in lines
     assert f"claims: {COUNTERS['claims_sent']} sent, {COUNTERS['claims_won']} won" in text
     assert "drops: foreign 12, not_claimed 3" in lines
