@@ -13,9 +13,14 @@ member 1's own address, bypassing the appliance. Figures:
   through the appliance) and server to client (only the client's ACKs do);
 - new connections per second: wrk, each short HTTP request on a new
   connection (Connection: close) to nginx;
-- first-packet latency: TCP connect() time (SYN to SYN-ACK) at p50 and p99;
-- Python's share: the most frames any member's Python read per new session
-  (during the wrk run), and during the upload.
+- first-packet latency: TCP connect() time (SYN to SYN-ACK) at p50 and p99,
+  and what the path adds to it over direct;
+- new UDP flows per second: DNS queries to dnsmasq, each from a new socket
+  (so a new client port, a new flow), from several processes at once; measured
+  once the UDP transition of m1's buckets is over (`udp_idle_timeout` after
+  they were taken: until then a new flow is claimed on its own);
+- Python's share: the most frames any member's Python read per new TCP
+  connection the client made (during the wrk run), and during the upload.
 
 Each figure is the median of --rounds rounds (3 by default), each round
 measuring every path, so a burst of noise on a shared VM moves one round, not
@@ -37,8 +42,12 @@ from pathlib import Path
 
 from lab.members import LabMember, start_member
 from lab.namespaces import Lab, Node, build_lab
+from protocols.claim_machine import ClaimSettings
 
 FIGURES = Path(__file__).parent / "figures" / "lab.json"
+# After a member takes a bucket, its new UDP flows are claimed one by one for
+# the UDP idle timeout (the appliance's default, which the lab keeps).
+UDP_TRANSITION = ClaimSettings().udp_idle_timeout
 
 CONNECT_PROBE = """
 import socket, sys, time
@@ -53,6 +62,43 @@ for _ in range(count):
     time.sleep(0.002)
 print(" ".join(f"{sample:.6f}" for sample in samples))
 """
+
+
+DNS_PROBE = """
+import os, socket, struct, sys, time
+target, seconds, workers = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+name = b"".join(bytes([len(part)]) + part for part in b"whoami.cluster".split(b".")) + b"\\0"
+def run():
+    answered = 0
+    deadline = time.monotonic() + seconds
+    number = 0
+    while time.monotonic() < deadline:
+        number = (number + 1) & 0xFFFF
+        header = struct.pack("!HHHHHH", number, 0x0100, 1, 0, 0, 0)
+        query = header + name + struct.pack("!HH", 16, 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1.0)
+        try:
+            s.sendto(query, (target, 53))
+            if s.recv(512)[:2] == query[:2]:
+                answered += 1
+        except OSError:
+            pass
+        s.close()
+    return answered
+readers = []
+for _ in range(workers):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.close(r)
+        os.write(w, str(run()).encode())
+        os._exit(0)
+    os.close(w)
+    readers.append(r)
+total = sum(int(os.read(r, 64) or b"0") for r in readers)
+print(total / seconds)
+"""
+DNS_WORKERS = 4
 
 
 def iperf(client: Node, target: str, seconds: float, reverse: bool) -> float:
@@ -90,6 +136,15 @@ def connections_per_second(client: Node, target: str, seconds: float) -> float:
     return float(match.group(1))
 
 
+def udp_flows_per_second(client: Node, target: str, seconds: float) -> float:
+    """DNS queries answered per second, each from a new socket: a new UDP flow each."""
+    result = client.run(
+        ["python3", "-c", DNS_PROBE, target, str(seconds), str(DNS_WORKERS)],
+        timeout=seconds + 60,
+    )
+    return float(result.stdout.strip())
+
+
 def connect_latency(client: Node, target: str, count: int) -> tuple[float, float]:
     """p50 and p99 of connect() time, in milliseconds."""
     result = client.run(["python3", "-c", CONNECT_PROBE, target, str(count)], timeout=count + 60)
@@ -107,11 +162,13 @@ def python_frames(members: list[LabMember]) -> list[tuple[int, int]]:
     return counts
 
 
-def frames_per_session(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float:
-    """The most frames any member's Python read per new session in between. New
-    sessions are counted on m1, which serves them all (another member may learn
-    a session from its claim before it sees the SYN, and counts none)."""
-    sessions = max(1, after[0][1] - before[0][1])
+def frames_per_session(
+    before: list[tuple[int, int]], after: list[tuple[int, int]], connections: float
+) -> float:
+    """The most frames any member's Python read per connection the client made
+    in between (on the fast path, most sessions never reach any member's Python,
+    so the members' own session counts would not tell)."""
+    sessions = max(1.0, connections)
     return max(
         (frames - frames_before) / sessions
         for (frames_before, _), (frames, _) in zip(before, after, strict=True)
@@ -119,7 +176,12 @@ def frames_per_session(before: list[tuple[int, int]], after: list[tuple[int, int
 
 
 def measure(
-    segment: Lab, members: list[LabMember], target: str, seconds: float, probes: int
+    segment: Lab,
+    members: list[LabMember],
+    target: str,
+    seconds: float,
+    probes: int,
+    udp_ready_at: float | None = None,
 ) -> dict[str, float]:
     """Every figure against one target address (the cluster IP, or m1's own)."""
     client = segment.clients[0]
@@ -134,10 +196,15 @@ def measure(
     figures["download_gbps"] = iperf(client, target, seconds, reverse=True)
     before = python_frames(members)
     figures["connections_per_second"] = connections_per_second(client, target, seconds)
-    figures["python_frames_per_session"] = frames_per_session(before, python_frames(members))
+    figures["python_frames_per_session"] = frames_per_session(
+        before, python_frames(members), figures["connections_per_second"] * seconds
+    )
     p50, p99 = connect_latency(client, target, probes)
     figures["connect_p50_ms"] = p50
     figures["connect_p99_ms"] = p99
+    if udp_ready_at is not None:
+        time.sleep(max(0.0, udp_ready_at - time.monotonic()))
+    figures["udp_flows_per_second"] = udp_flows_per_second(client, target, seconds)
     return figures
 
 
@@ -165,6 +232,11 @@ def restart_on(members: list[LabMember], cluster_ip: str, path: str) -> None:
         time.sleep(0.2)
     while members[0].appliance.status().warming:
         time.sleep(0.2)
+    # m1 ranks first for every bucket (the others weigh 0): it takes them all.
+    while (buckets := members[0].appliance.status().buckets) and buckets["held"] < buckets["count"]:
+        if time.monotonic() > deadline + 10:
+            raise SystemExit(f"m1 never held every bucket: {buckets}")
+        time.sleep(0.2)
 
 
 KEYS = (
@@ -175,6 +247,7 @@ KEYS = (
     "connect_p99_ms",
     "python_frames_per_session",
     "upload_python_frames",
+    "udp_flows_per_second",
 )
 
 
@@ -190,6 +263,25 @@ def main() -> None:
         members = start_cluster(segment, arguments.members, "kernel")
         serving = members[0]
         iperf_server = serving.node.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL)
+        # dnsmasq on the cluster IP and on m1's own address (direct), logging nothing.
+        dns_server = serving.node.popen(
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--bind-dynamic",
+                f"--listen-address={segment.cluster_ip}",
+                f"--listen-address={serving.node.address}",
+                "--except-interface=lo",
+                "--txt-record=whoami.cluster,m1",
+                "--cache-size=0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         cluster_ip = str(segment.cluster_ip)
         try:
             print(f"lab with {arguments.members} members; every session served by m1")
@@ -198,9 +290,16 @@ def main() -> None:
                 figures: dict[str, dict[str, float]] = {}
                 for path in ("kernel", "tun"):
                     restart_on(members, cluster_ip, path)
+                    udp_ready_at = time.monotonic() + UDP_TRANSITION + 1
                     wait_listening(serving, "tcp/5201")
+                    wait_listening(serving, "udp/53")
                     figures[path] = measure(
-                        segment, members, cluster_ip, arguments.seconds, arguments.probes
+                        segment,
+                        members,
+                        cluster_ip,
+                        arguments.seconds,
+                        arguments.probes,
+                        udp_ready_at,
                     )
                     print(f"  {path:8} {figures[path]}")
                 figures["direct"] = measure(
@@ -215,6 +314,7 @@ def main() -> None:
                 raise SystemExit(f"members of weight 0 won {won_elsewhere} sessions")
         finally:
             iperf_server.terminate()
+            dns_server.terminate()
     medians = {
         path: {key: statistics.median(one[path][key] for one in rounds) for key in KEYS}
         for path in ("direct", "kernel", "tun")
@@ -235,6 +335,10 @@ def main() -> None:
             / direct["connections_per_second"],
             "connect_p50": medians[path]["connect_p50_ms"] / direct["connect_p50_ms"],
             "connect_p99": medians[path]["connect_p99_ms"] / direct["connect_p99_ms"],
+            "udp_flows_per_second": medians[path]["udp_flows_per_second"]
+            / direct["udp_flows_per_second"],
+            "added_connect_p50_ms": medians[path]["connect_p50_ms"] - direct["connect_p50_ms"],
+            "added_connect_p99_ms": medians[path]["connect_p99_ms"] - direct["connect_p99_ms"],
         }
         for path in ("kernel", "tun")
     }
@@ -247,6 +351,7 @@ def main() -> None:
         ("new connections per second", "connections_per_second", "connections_per_second"),
         ("SYN to SYN-ACK p50 (ms)", "connect_p50_ms", "connect_p50"),
         ("SYN to SYN-ACK p99 (ms)", "connect_p99_ms", "connect_p99"),
+        ("new UDP flows (DNS) per second", "udp_flows_per_second", "udp_flows_per_second"),
     ]
     for label, key, ratio in rows:
         print(
@@ -254,11 +359,18 @@ def main() -> None:
             f"{ratios['kernel'][ratio]:6.2f} {medians['tun'][key]:9.2f} "
             f"{ratios['tun'][ratio]:6.2f}"
         )
+    for label, added in (
+        ("added SYN to SYN-ACK p50 (ms)", "added_connect_p50_ms"),
+        ("added SYN to SYN-ACK p99 (ms)", "added_connect_p99_ms"),
+    ):
+        print(
+            f"{label:34} {'':9} {ratios['kernel'][added]:9.3f} {'':6} {ratios['tun'][added]:9.3f}"
+        )
     for label, key in (
-        ("Python frames per new session", "python_frames_per_session"),
+        ("Python frames per new TCP session", "python_frames_per_session"),
         ("Python frames during the upload", "upload_python_frames"),
     ):
-        print(f"{label:34} {'':9} {medians['kernel'][key]:9.1f} {'':6} {medians['tun'][key]:9.1f}")
+        print(f"{label:34} {'':9} {medians['kernel'][key]:9.3f} {'':6} {medians['tun'][key]:9.3f}")
     FIGURES.parent.mkdir(exist_ok=True)
     FIGURES.write_text(
         json.dumps(
