@@ -35,7 +35,7 @@ from appliance.dataplane.kernel_path import (
 from appliance.dataplane.loop import DataPlane
 from appliance.errors import UserError
 from appliance.host.devices import TapDevice, TunDevice
-from appliance.host.listening import listening_ports
+from appliance.host.listening import connections_on, listening_ports
 from appliance.host.netlink import (
     BridgeFacts,
     address_in_use,
@@ -96,6 +96,8 @@ class Daemon:
         self.member_id = int.from_bytes(os.urandom(8), "big")
         self.started_wall = time.time()
         self.plane: DataPlane | None = None
+        # TCP connections of the local stack on the cluster IP (read once a second).
+        self.connections = 0
 
     @property
     def machine(self) -> ClaimMachine:
@@ -307,6 +309,7 @@ class Daemon:
             # /proc/net/tcp lists every socket: a busy server's is large, so it
             # is read off the event loop.
             listening = await trio.to_thread.run_sync(listening_ports, config.cluster_ip)
+            self.connections = await trio.to_thread.run_sync(connections_on, config.cluster_ip)
             self.machine.update_local(
                 trio.current_time(),
                 load=self.local_load(),
@@ -427,7 +430,7 @@ class Daemon:
             bridge=config.bridge,
             uptime=round(time.time() - self.started_wall, 1),
             draining=machine.draining,
-            drained=machine.draining and serving == 0,
+            drained=machine.draining and serving == 0 and self.connections == 0,
             warming=machine.is_warming(now),
             listening=tuple(describe_ports(machine.listening or frozenset())),
             authenticated=self.plane.authenticator.enabled,

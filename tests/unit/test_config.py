@@ -2,6 +2,7 @@
 README's reference kept in step with the code."""
 
 import socket
+import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from appliance.config import load_config, reference_table
 from appliance.errors import ConfigError
-from appliance.host.listening import listening_ports
+from appliance.host.listening import connections_on, listening_ports
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -42,7 +43,7 @@ def test_flags_override_the_file_and_defaults_fill_the_rest(tmp_path: Path) -> N
             'cluster_ip = "192.0.2.10"\nmetrics_listen = "9150"\n',
             "metrics_listen: '9150' is not HOST:PORT",
         ),
-        ('cluster_ip = "192.0.2.10"\nhello_interval = 5.0\n', "member_timeout (3.5) must exceed"),
+        ('cluster_ip = "192.0.2.10"\nhello_interval = 5.0\n', "member_timeout (1.5) must exceed"),
         ('cluster_ip = "192.0.2.10"\ntap_name = "br0"\n', "must all differ"),
         ('cluster_ip = "192.0.2.10"\ntun_name = "eth0"\n', "must all differ"),
         ('cluster_ip = "192.0.2.10"\ninterface = "br0"\n', "must all differ"),
@@ -92,4 +93,27 @@ def test_listening_ports_come_from_the_kernel_socket_table() -> None:
         assert (6, listener.getsockname()[1]) not in elsewhere
     finally:
         for sock in (listener, datagram, connected):
+            sock.close()
+
+
+def test_connections_on_counts_open_connections_of_the_address() -> None:
+    """What `drain --wait` waits for on the fast path: the local stack's
+    connections on the cluster address (127.0.0.2 here, nobody else's)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.2", 0))
+    listener.listen()
+    before = connections_on(IPv4Address("127.0.0.2"))
+    client = socket.create_connection(listener.getsockname(), source_address=("127.0.0.1", 0))
+    server, _ = listener.accept()
+    try:
+        # The accepted side is on 127.0.0.2; the client's own side, from 127.0.0.1, is not.
+        assert connections_on(IPv4Address("127.0.0.2")) == before + 1
+        client.close()
+        server.close()
+        deadline = time.monotonic() + 2
+        while connections_on(IPv4Address("127.0.0.2")) != before:  # TIME_WAIT is over for us
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        for sock in (listener, client, server):
             sock.close()
