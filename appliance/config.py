@@ -182,7 +182,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "buckets",
         1024,
-        _integer(0, 4096),
+        _integer(0, 2048),
         "Buckets the session space is cut into. A member that holds a bucket serves its new "
         "sessions at once, with no claim round (on the fast path, in the kernel); every "
         "member must use the same number. 0: claim every session on its own.",
@@ -340,12 +340,19 @@ class Config:
         count = self.values["buckets"]
         if not count:
             return None
-        return BucketSettings(
+        settings = BucketSettings(
             count=count,
             seed=cluster_seed(self.cluster_ip.packed, key),
             lease=self.values["member_timeout"] / 2,
             udp_transition=self.values["udp_idle_timeout"],
         )
+        if settings.lease + self.values["hello_interval"] >= self.values["member_timeout"]:
+            raise ConfigError(
+                f"member_timeout ({self.values['member_timeout']}) must exceed twice "
+                f"hello_interval ({self.values['hello_interval']}): a member's buckets are a "
+                "lease of half member_timeout, renewed with every hello"
+            )
+        return settings
 
     def claim_key(self) -> bytes | None:
         path: Path | None = self.values["key_file"]

@@ -26,11 +26,12 @@ It *holds* the bucket only after every live member has granted it:
 4. A holder releases a bucket as soon as its view names another owner (a
    join, a weight change, its own drain), and at once if it learns that
    another member holds it too (after a partition): the lower bid releases.
-5. A holder's buckets are a lease: renewed on every timer run, and lost, all
-   at once, when the member finds it has not run for `lease` (it was
-   frozen). The shell gives the kernel's elements the same lease, so a
-   member whose daemon died or froze stops serving new sessions of its
-   buckets before the others give up on it (`lease` < `member_timeout`).
+5. A holder's buckets are a lease: renewed with every hello it sends, and
+   lost, all at once, when the member finds it has sent none for `lease` (it
+   was frozen, or too busy to run its timers). The shell gives the kernel's
+   elements the same lease, so a member whose daemon died or froze stops
+   serving new sessions of its buckets within `lease` of the last message its
+   peers heard, before they give up on it (`lease` < `member_timeout`).
 
 A bucket nobody holds or has been granted is *open*: its new sessions are
 claimed one by one by the per-session rule, as before buckets. TCP sessions
@@ -67,6 +68,9 @@ from protocols.wire.claim import (
 BUCKET_SCORE = 1e300
 # A BUCKETS message stays within one Ethernet frame with its IP header and tag.
 MAX_MESSAGE = 1400
+# The most buckets whose message still has room for a grant (two bitmaps, the
+# ports, and one grant's bitmap within MAX_MESSAGE).
+MAX_BUCKET_COUNT = 2048
 _BUCKET_TRANSPORTS = (6, 17)
 _NOBODY = -1
 
@@ -84,7 +88,7 @@ OPEN, MINE, OTHER = BucketVerdict.OPEN, BucketVerdict.MINE, BucketVerdict.OTHER
 class BucketSettings:
     count: int = 1024
     seed: int = 0
-    lease: float = 1.5  # below the claim settings' member_timeout
+    lease: float = 0.75  # below the claim settings' member_timeout (half of it)
     udp_transition: float = 30.0  # the UDP idle timeout
 
 
@@ -117,8 +121,8 @@ class Buckets:
     """One member's bucket state (see the module docstring)."""
 
     def __init__(self, member_id: int, settings: BucketSettings, now: float) -> None:
-        if not 1 <= settings.count <= 4096:
-            raise ValueError(f"bucket count must be 1 to 4096, not {settings.count}")
+        if not 1 <= settings.count <= MAX_BUCKET_COUNT:
+            raise ValueError(f"bucket count must be 1 to {MAX_BUCKET_COUNT}, not {settings.count}")
         if settings.lease <= 0 or not math.isfinite(settings.lease):
             raise ValueError("bucket lease must be a number above 0")
         self.member_id = member_id
@@ -139,7 +143,6 @@ class Buckets:
         self._tcp = bytearray(self.count)
         self._udp = bytearray(self.count)
         self._next_udp_change: float | None = None
-        self._grant_rotation = 0
 
     # ----------------------------------------------------------- inputs
 
@@ -169,8 +172,15 @@ class Buckets:
         return True
 
     def renew(self, now: float) -> None:
-        """The member runs: its lease goes on (call after `lapsed` said no)."""
+        """The member sends a hello: its lease goes on (call after `lapsed` said no)."""
         self.lease_until = now + self.settings.lease
+
+    def let_go(self) -> None:
+        """Release every bucket at once (the member leaves)."""
+        self.counters.released += len(self.holding)
+        self.holding.clear()
+        self.wanting.clear()
+        self.version += 1
 
     def settle(
         self,
@@ -205,17 +215,18 @@ class Buckets:
         owners = self._owners
         me_id = self.member_id
         changed = False
-        # Rule 4: release what is no longer ours, and the lower side of a double hold.
+        # Rule 4: the lower side of a double hold releases (counted), and so
+        # does a holder whose view ranks another member first.
+        for peer_id, state in states.items():
+            for bucket in state.holding & self.holding.keys():
+                self.counters.conflicts += 1
+                if self._bid(bucket, peer_id, state.weight) > self._my_bid(bucket, me):
+                    self._release(bucket)
+                    changed = True
         for bucket in list(self.holding):
             if owners[bucket] != me_id:
                 self._release(bucket)
                 changed = True
-        for peer_id, state in states.items():
-            for bucket in state.holding & self.holding.keys():
-                if self._bid(bucket, peer_id, state.weight) > self._my_bid(bucket, me):
-                    self.counters.conflicts += 1
-                    self._release(bucket)
-                    changed = True
         # Rule 1: want what is ours and not yet held (nor granted away).
         for bucket in [bucket for bucket in self.wanting if owners[bucket] != me_id]:
             del self.wanting[bucket]
@@ -431,14 +442,17 @@ class Buckets:
         size = (self.count + 7) // 8
         fixed = HEADER_LENGTH + 11 + 3 * len(ports or ()) + 2 * size + 1 + TAG_LENGTH
         room = max(1, (MAX_MESSAGE - fixed) // (16 + size))
+        # Grants are listed for buckets still wanted: a holder needs none (the
+        # grant stands all the same, and this member serves nothing of it).
         by_member: dict[int, set[int]] = {}
         for bucket, to in self.granted_to.items():
-            by_member.setdefault(to, set()).add(bucket)
-        members = sorted(by_member)
-        if len(members) > room:
-            # More members want buckets than one message can grant to: take turns.
-            self._grant_rotation = (self._grant_rotation + room) % len(members)
-            members = (members[self._grant_rotation :] + members[: self._grant_rotation])[:room]
+            wanter = self.states.get(to)
+            if wanter is not None and bucket in wanter.wanting:
+                by_member.setdefault(to, set()).add(bucket)
+        # More wanters than one message has room for: every member grants to
+        # the same ones first (the lowest ids), so they take theirs and make
+        # room for the next, instead of each waiting for all at once.
+        members = sorted(by_member)[:room]
         grants = tuple(
             Grant(member_id, self.states[member_id].counter, frozenset(by_member[member_id]))
             for member_id in members

@@ -384,6 +384,16 @@ class ClaimMachine:
         self._reassertion = Reassertion(self._table, resync_rate=settings.resync_rate, now=now)
         # Claimed buckets (protocols.buckets): None without them (the
         # simulator's older rules, or buckets = 0 in the configuration).
+        if (
+            buckets is not None
+            and buckets.lease + settings.hello_interval >= settings.member_timeout
+        ):
+            raise SettingsError(
+                f"the bucket lease ({buckets.lease}) plus hello_interval "
+                f"({settings.hello_interval}) must stay below member_timeout "
+                f"({settings.member_timeout}): a member that stops must lose its buckets "
+                "before its peers take them"
+            )
         self._buckets = None if buckets is None else Buckets(member_id, buckets, now)
         self._buckets_dirty = True
         self._next_bucket_check: float | None = None
@@ -471,11 +481,8 @@ class ClaimMachine:
         never mistaken for a dead one.
         """
         buckets = self._buckets
-        if buckets is not None:
-            if buckets.lapsed(now):
-                self._buckets_dirty = True  # it did not run for a lease: all let go
-            else:
-                buckets.renew(now)
+        if buckets is not None and buckets.lapsed(now):
+            self._buckets_dirty = True  # it sent no hello for a lease: all let go
         if now >= self._next_hello_at:
             self._expire_peers(now)
             self._send_hello(now)
@@ -551,6 +558,10 @@ class ClaimMachine:
         """Say goodbye: peers forget this member and its sessions at once."""
         self._leaving = True
         self._draining = True
+        if self._buckets is not None:
+            # Let go before the goodbye: the shell clears the kernel's elements
+            # before it sends anything, so no peer takes a bucket still served here.
+            self._buckets.let_go()
         self._send_hello(now)
 
     # ----------------------------------------------------------------- outputs
@@ -1201,6 +1212,11 @@ class ClaimMachine:
             )
         )
         if self._buckets is not None and not self._leaving:
+            # Peers hear us now: the lease runs from here (never from a timer
+            # run that sent nothing, or a peer could open our buckets while
+            # our kernel still serves them).
+            if not self._buckets.lapsed(now):
+                self._buckets.renew(now)
             self._buckets_dirty = True  # a warming member may be warm now
             self._send_buckets(now)
 

@@ -1,6 +1,6 @@
 """The claim protocol's messages: IP protocol 150 packets sent to the cluster address.
 
-Every message starts with a version byte (this is version 2) and a type byte,
+Every message starts with a version byte (this is version 3) and a type byte,
 then flags, the sender's member id and the sender's message counter, which
 increases by one with every message a member sends. Then a body by type:
 

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from protocols.numbers import DEFAULT_CLAIM_PROTOCOL, EtherType, TcpFlags
 from protocols.session_key import SessionKey
 from protocols.wire.arp import ArpPacket
-from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage, Hello
+from protocols.wire.claim import (
+    MAX_PORTS,
+    Acknowledgement,
+    Assertion,
+    BucketState,
+    Claim,
+    ClaimMessage,
+    Grant,
+    Hello,
+)
 from protocols.wire.common import MacAddress
 from protocols.wire.ethernet import EthernetFrame, VlanTag
 from protocols.wire.icmpv4 import Icmpv4Echo, Icmpv4Error, Icmpv4Other
@@ -70,6 +79,30 @@ def session_keys(draw: st.DrawFn) -> SessionKey:
     )
 
 
+u64 = st.integers(0, 2**64 - 1)
+
+
+@st.composite
+def bucket_states(draw: st.DrawFn) -> BucketState:
+    """A BUCKETS message; bucket counts stay small (up to 64) for speed."""
+    count = draw(st.integers(1, 64))
+    bucket_sets = st.frozensets(st.integers(0, count - 1))
+    listening = st.frozensets(st.tuples(st.integers(0, 255), ports), max_size=MAX_PORTS)
+    grants = st.lists(st.builds(Grant, u64, u64, bucket_sets), max_size=3)
+    return BucketState(
+        draw(u64),
+        draw(u64),
+        count,
+        draw(scores),
+        draw(st.none() | listening),
+        draw(bucket_sets),
+        draw(bucket_sets),
+        tuple(draw(grants)),
+        draining=draw(st.booleans()),
+        warming=draw(st.booleans()),
+    )
+
+
 claim_messages: st.SearchStrategy[ClaimMessage] = st.one_of(
     st.builds(Claim, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), session_keys(), scores),
     st.builds(
@@ -91,6 +124,7 @@ claim_messages: st.SearchStrategy[ClaimMessage] = st.one_of(
         st.integers(0, 2**64 - 1),
         st.integers(0, 2**64 - 1),
     ),
+    bucket_states(),
 )
 
 tcp_segments = st.builds(

@@ -37,8 +37,10 @@ from protocols.wire.claim import (
     CLAIM_MESSAGE,
     Acknowledgement,
     Assertion,
+    BucketState,
     Claim,
     ClaimMessage,
+    Grant,
     Hello,
     SignedClaimMessage,
     decode_message,
@@ -101,7 +103,7 @@ UDP6_SESSION = SessionKey(17, CLIENT_IP6.packed, 40001, CLUSTER_IP6.packed, 53)
 
 CLAIM = Claim(MEMBER_A, 42, TCP_SESSION, 3.25)
 CLAIM_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "01"  # type: CLAIM
     "00"  # flags: none
     "01 23 45 67 89 ab cd ef"  # member id
@@ -114,10 +116,10 @@ CLAIM_BYTES = bytes.fromhex(
     "c6 33 64 07"  # client address: 198.51.100.7
     "c0 00 02 0a"  # cluster address: 192.0.2.10
 )
-SIGNED_CLAIM_TAG = bytes.fromhex("92 9e 98 9c 7d ce fe cf ce b7 d4 52 2f 43 70 8a")
+SIGNED_CLAIM_TAG = bytes.fromhex("c5 a3 6f d2 aa 60 6c 96 f8 be d8 44 d1 a6 a8 68")
 SIGNED_CLAIM_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "01"  # type: CLAIM
         "01"  # flags: AUTHENTICATED
         "01 23 45 67 89 ab cd ef"  # member id
@@ -135,7 +137,7 @@ SIGNED_CLAIM_BYTES = (
 
 ASSERTION = Assertion(MEMBER_B, 7, UDP6_SESSION, 0.75)
 ASSERTION_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "02"  # type: ASSERTION
     "00"  # flags: none
     "fe dc ba 98 76 54 32 10"  # member id
@@ -148,10 +150,10 @@ ASSERTION_BYTES = bytes.fromhex(
     "20 01 0d b8 00 01 00 00 00 00 00 00 00 00 00 07"  # client address: 2001:db8:1::7
     "20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 10"  # cluster address: 2001:db8::10
 )
-SIGNED_ASSERTION_TAG = bytes.fromhex("20 e5 bc 56 ca 85 eb 1a d6 c0 2e 63 e9 d1 a1 21")
+SIGNED_ASSERTION_TAG = bytes.fromhex("5b a8 5f 02 6e ca 42 9d a0 8c 96 a2 71 6c 43 36")
 SIGNED_ASSERTION_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "02"  # type: ASSERTION
         "01"  # flags: AUTHENTICATED
         "fe dc ba 98 76 54 32 10"  # member id
@@ -169,17 +171,17 @@ SIGNED_ASSERTION_BYTES = (
 
 HELLO = Hello(MEMBER_A, 43, 1.5)
 HELLO_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "03"  # type: HELLO
     "00"  # flags: none
     "01 23 45 67 89 ab cd ef"  # member id
     "00 00 00 00 00 00 00 2b"  # counter: 43
     "3f f8 00 00 00 00 00 00"  # weight: 1.5
 )
-SIGNED_HELLO_TAG = bytes.fromhex("48 80 98 88 13 aa 46 15 a9 19 0f 88 f5 a0 e6 48")
+SIGNED_HELLO_TAG = bytes.fromhex("e2 75 58 f1 fe 85 d8 55 bf c5 87 c6 7e 69 9a 10")
 SIGNED_HELLO_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "03"  # type: HELLO
         "01"  # flags: AUTHENTICATED
         "01 23 45 67 89 ab cd ef"  # member id
@@ -191,17 +193,17 @@ SIGNED_HELLO_BYTES = (
 
 DRAINING_HELLO = Hello(MEMBER_A, 44, 1.5, draining=True)
 DRAINING_HELLO_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "03"  # type: HELLO
     "02"  # flags: DRAINING
     "01 23 45 67 89 ab cd ef"  # member id
     "00 00 00 00 00 00 00 2c"  # counter: 44
     "3f f8 00 00 00 00 00 00"  # weight: 1.5
 )
-SIGNED_DRAINING_HELLO_TAG = bytes.fromhex("c7 04 f7 cd 9e 0e ce a0 bf 16 ce 70 8c 2f 39 92")
+SIGNED_DRAINING_HELLO_TAG = bytes.fromhex("e0 82 d0 67 2a a7 15 ee b6 44 b6 a5 bc 58 98 b5")
 SIGNED_DRAINING_HELLO_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "03"  # type: HELLO
         "03"  # flags: AUTHENTICATED | DRAINING
         "01 23 45 67 89 ab cd ef"  # member id
@@ -213,17 +215,17 @@ SIGNED_DRAINING_HELLO_BYTES = (
 
 WARMING_HELLO = Hello(MEMBER_A, 45, 1.5, warming=True)
 WARMING_HELLO_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "03"  # type: HELLO
     "04"  # flags: WARMING
     "01 23 45 67 89 ab cd ef"  # member id
     "00 00 00 00 00 00 00 2d"  # counter: 45
     "3f f8 00 00 00 00 00 00"  # weight: 1.5
 )
-SIGNED_WARMING_HELLO_TAG = bytes.fromhex("30 64 ec fc f3 d5 6e 8a cb 1b 74 5e 8b a0 ab 52")
+SIGNED_WARMING_HELLO_TAG = bytes.fromhex("73 82 d1 9f 9a 01 9e 8f 5f 1c b3 c1 1c 9e 8a 46")
 SIGNED_WARMING_HELLO_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "03"  # type: HELLO
         "05"  # flags: AUTHENTICATED | WARMING
         "01 23 45 67 89 ab cd ef"  # member id
@@ -235,17 +237,17 @@ SIGNED_WARMING_HELLO_BYTES = (
 
 LEAVING_HELLO = Hello(MEMBER_A, 46, 0.0, leaving=True)
 LEAVING_HELLO_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "03"  # type: HELLO
     "08"  # flags: LEAVING
     "01 23 45 67 89 ab cd ef"  # member id
     "00 00 00 00 00 00 00 2e"  # counter: 46
     "00 00 00 00 00 00 00 00"  # weight: 0.0
 )
-SIGNED_LEAVING_HELLO_TAG = bytes.fromhex("5c 89 22 4d 11 d9 4f 31 e2 c6 3a bd 92 12 f8 b4")
+SIGNED_LEAVING_HELLO_TAG = bytes.fromhex("e7 5a e7 e9 21 54 a3 e1 82 70 d7 36 1d 35 20 ec")
 SIGNED_LEAVING_HELLO_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "03"  # type: HELLO
         "09"  # flags: AUTHENTICATED | LEAVING
         "01 23 45 67 89 ab cd ef"  # member id
@@ -258,7 +260,7 @@ SIGNED_LEAVING_HELLO_BYTES = (
 # Member B acknowledges member A's claim numbered 42 (CLAIM above).
 ACKNOWLEDGEMENT = Acknowledgement(MEMBER_B, 8, MEMBER_A, 42)
 ACKNOWLEDGEMENT_BYTES = bytes.fromhex(
-    "02"  # version 2
+    "03"  # version 3
     "04"  # type: ACKNOWLEDGEMENT
     "00"  # flags: none
     "fe dc ba 98 76 54 32 10"  # member id
@@ -266,10 +268,10 @@ ACKNOWLEDGEMENT_BYTES = bytes.fromhex(
     "01 23 45 67 89 ab cd ef"  # claimer
     "00 00 00 00 00 00 00 2a"  # claim counter: 42
 )
-SIGNED_ACKNOWLEDGEMENT_TAG = bytes.fromhex("38 08 16 ff 94 8e 1e a3 5b e7 45 18 68 d9 20 fd")
+SIGNED_ACKNOWLEDGEMENT_TAG = bytes.fromhex("32 5f 9f bd 9c 20 6a 5e 5a 2b e4 90 2b db 99 03")
 SIGNED_ACKNOWLEDGEMENT_BYTES = (
     bytes.fromhex(
-        "02"  # version 2
+        "03"  # version 3
         "04"  # type: ACKNOWLEDGEMENT
         "01"  # flags: AUTHENTICATED
         "fe dc ba 98 76 54 32 10"  # member id
@@ -280,6 +282,62 @@ SIGNED_ACKNOWLEDGEMENT_BYTES = (
     + SIGNED_ACKNOWLEDGEMENT_TAG  # tag over the 35 bytes above
 )
 
+# Member A's bucket state in a cluster cut into 12 buckets: it ranks with
+# weight 0.75, its service listens on TCP 80 and UDP 53, it holds buckets 0, 3
+# and 9, wants bucket 11, and grants buckets 1 and 10 to member B, having read
+# B's BUCKETS messages up to number 5. A bitmap has (12 + 7) // 8 = 2 bytes;
+# bucket i is bit i % 8 (low bit first) of byte i // 8.
+BUCKETS = BucketState(
+    MEMBER_A,
+    47,
+    12,
+    0.75,
+    frozenset({(6, 80), (17, 53)}),
+    frozenset({0, 3, 9}),
+    frozenset({11}),
+    (Grant(MEMBER_B, 5, frozenset({1, 10})),),
+)
+BUCKETS_BYTES = bytes.fromhex(
+    "03"  # version 3
+    "05"  # type: BUCKETS
+    "00"  # flags: none
+    "01 23 45 67 89 ab cd ef"  # member id
+    "00 00 00 00 00 00 00 2f"  # counter: 47
+    "00 0c"  # bucket count: 12
+    "3f e8 00 00 00 00 00 00"  # weight: 0.75
+    "02"  # port count: 2 (0xff would mean every port)
+    "06 00 50"  # port: TCP 80
+    "11 00 35"  # port: UDP 53
+    "09 02"  # holding: buckets 0, 3 (0x09) and 9 (0x02 in the second byte)
+    "00 08"  # wanting: bucket 11 (0x08 in the second byte)
+    "01"  # grant count: 1
+    "fe dc ba 98 76 54 32 10"  # grant: to member B
+    "00 00 00 00 00 00 00 05"  # grant: B's messages read up to 5
+    "02 04"  # grant: buckets 1 (0x02) and 10 (0x04 in the second byte)
+)
+SIGNED_BUCKETS_TAG = bytes.fromhex("6f 5b 04 b2 2d c0 e5 95 a8 65 92 84 e5 b2 1d 29")
+SIGNED_BUCKETS_BYTES = (
+    bytes.fromhex(
+        "03"  # version 3
+        "05"  # type: BUCKETS
+        "01"  # flags: AUTHENTICATED
+        "01 23 45 67 89 ab cd ef"  # member id
+        "00 00 00 00 00 00 00 2f"  # counter: 47
+        "00 0c"  # bucket count: 12
+        "3f e8 00 00 00 00 00 00"  # weight: 0.75
+        "02"  # port count: 2
+        "06 00 50"  # port: TCP 80
+        "11 00 35"  # port: UDP 53
+        "09 02"  # holding: buckets 0, 3 and 9
+        "00 08"  # wanting: bucket 11
+        "01"  # grant count: 1
+        "fe dc ba 98 76 54 32 10"  # grant: to member B
+        "00 00 00 00 00 00 00 05"  # grant: B's messages read up to 5
+        "02 04"  # grant: buckets 1 and 10
+    )
+    + SIGNED_BUCKETS_TAG  # tag over the 59 bytes above
+)
+
 UNTAGGED_CASES = [
     pytest.param(CLAIM_BYTES, CLAIM, id="claim"),
     pytest.param(ASSERTION_BYTES, ASSERTION, id="assertion"),
@@ -288,6 +346,7 @@ UNTAGGED_CASES = [
     pytest.param(WARMING_HELLO_BYTES, WARMING_HELLO, id="hello-warming"),
     pytest.param(LEAVING_HELLO_BYTES, LEAVING_HELLO, id="hello-leaving"),
     pytest.param(ACKNOWLEDGEMENT_BYTES, ACKNOWLEDGEMENT, id="acknowledgement"),
+    pytest.param(BUCKETS_BYTES, BUCKETS, id="buckets"),
 ]
 TAGGED_CASES = [
     pytest.param(SIGNED_CLAIM_BYTES, CLAIM, SIGNED_CLAIM_TAG, id="claim"),
@@ -308,11 +367,20 @@ TAGGED_CASES = [
         SIGNED_ACKNOWLEDGEMENT_TAG,
         id="acknowledgement",
     ),
+    pytest.param(SIGNED_BUCKETS_BYTES, BUCKETS, SIGNED_BUCKETS_TAG, id="buckets"),
 ]
 # Both, with tag None for the untagged ones.
 ALL_CLAIM_CASES = [
     pytest.param(*case.values, None, id=f"{case.id}-untagged") for case in UNTAGGED_CASES
 ] + [pytest.param(*case.values, id=f"{case.id}-tagged") for case in TAGGED_CASES]
+
+
+def _bitmap(buckets: frozenset[int], bucket_count: int) -> bytes:
+    """Bucket i as bit i % 8 of byte i // 8 (not protocols.wire.claim.bitmap)."""
+    data = bytearray((bucket_count + 7) // 8)
+    for bucket in buckets:
+        data[bucket // 8] |= 1 << (bucket % 8)
+    return bytes(data)
 
 
 def _declaration_fields(message: ClaimMessage, tag: bytes | None) -> dict[str, Any]:
@@ -327,6 +395,29 @@ def _declaration_fields(message: ClaimMessage, tag: bytes | None) -> dict[str, A
     elif isinstance(message, Acknowledgement):
         message_type = 4
         body = {"claimer": message.claimer, "claim_counter": message.claim_counter}
+    elif isinstance(message, BucketState):
+        flags |= 0x02 if message.draining else 0
+        flags |= 0x04 if message.warming else 0
+        message_type = 5
+        count = message.bucket_count
+        ports = sorted(message.ports or ())
+        body = {
+            "bucket_count": count,
+            "weight": message.weight,
+            "port_count": 0xFF if message.ports is None else len(ports),
+            "ports": [{"transport": transport, "port": port} for transport, port in ports],
+            "holding": _bitmap(message.holding, count),
+            "wanting": _bitmap(message.wanting, count),
+            "grant_count": len(message.grants),
+            "grants": [
+                {
+                    "member_id": grant.member_id,
+                    "seen_counter": grant.seen_counter,
+                    "buckets": _bitmap(grant.buckets, count),
+                }
+                for grant in message.grants
+            ],
+        }
     else:
         key = message.session
         message_type = 1 if isinstance(message, Claim) else 2
@@ -342,7 +433,7 @@ def _declaration_fields(message: ClaimMessage, tag: bytes | None) -> dict[str, A
             },
         }
     return {
-        "version": 2,
+        "version": 3,
         "message_type": message_type,
         "flags": flags,
         "member_id": message.member_id,
@@ -353,9 +444,11 @@ def _declaration_fields(message: ClaimMessage, tag: bytes | None) -> dict[str, A
 
 
 def _plain(value: Any) -> Any:
-    """A parsed construct container as plain dicts, without its `_io` entries."""
+    """A parsed construct container as plain dicts and lists, without its `_io` entries."""
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items() if not key.startswith("_")}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
     return value
 
 
