@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("--control-socket", default="@appliance", metavar="NAME")
     undrain = commands.add_parser("undrain", help="claim new sessions again")
     undrain.add_argument("--control-socket", default="@appliance", metavar="NAME")
+    weight = commands.add_parser(
+        "weight",
+        help="change this member's weight while it runs",
+        description="Change this member's weight (0 to 1000; 2 takes twice the share of 1, "
+        "0 takes none) until it restarts. Buckets move to follow it; running sessions stay.",
+    )
+    weight.add_argument("weight", type=float, help="the new weight")
+    weight.add_argument("--control-socket", default="@appliance", metavar="NAME")
 
     demo = commands.add_parser(
         "demo",
@@ -173,6 +181,15 @@ def dispatch(arguments: argparse.Namespace) -> int:
         return 0
     if command in ("drain", "undrain"):
         return drain(arguments)
+    if command == "weight":
+        from appliance.operations.control import control_request
+
+        response = control_request(
+            arguments.control_socket, {"command": "weight", "weight": arguments.weight}
+        )
+        status = StatusReport.from_json(response)
+        print(f"weight {arguments.weight:g}; {status.buckets.get('held', 0)} bucket(s) held now")
+        return 0
     if command == "demo":
         try:
             from lab.demo import run_demo

@@ -67,6 +67,7 @@ from protocols.session_table import PENDING
 log = logging.getLogger("appliance")
 
 FACTS_INTERVAL = 1.0
+MAX_WEIGHT = 1000.0  # as the configuration's weight
 KERNEL_ROOM_INTERVAL = 1.0  # while the owned set is full: seconds between tries to move back
 ANNOUNCEMENTS = 3
 STATUS_INTERVAL = 10.0
@@ -364,6 +365,18 @@ class Daemon:
             if not isinstance(limit, int):
                 raise UserError(f"limit must be a whole number, not {limit!r}")
             return self.sessions(now, limit)
+        if command == "weight":
+            weight = request.get("weight")
+            if (
+                not isinstance(weight, int | float)
+                or isinstance(weight, bool)
+                or not 0 <= weight <= MAX_WEIGHT
+            ):
+                raise UserError(f"weight must be a number from 0 to {MAX_WEIGHT:g}, not {weight!r}")
+            self.machine.update_local(now, weight=float(weight))
+            self.plane.wake()
+            log.info("weight %g requested over the control socket", weight)
+            return self.status(now)
         if command in ("drain", "undrain"):
             self.machine.update_local(now, draining=command == "drain")
             self.plane.wake()
