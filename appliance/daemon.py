@@ -311,6 +311,9 @@ class Daemon:
             # is read off the event loop.
             listening = await trio.to_thread.run_sync(listening_ports, config.cluster_ip)
             self.connections = await trio.to_thread.run_sync(connections_on, config.cluster_ip)
+            assert self.plane is not None
+            if self.plane.kernel_buckets is not None:
+                await trio.to_thread.run_sync(self.plane.kernel_buckets.count_new)
             self.machine.update_local(
                 trio.current_time(),
                 load=self.local_load(),

@@ -53,6 +53,9 @@ class KernelBuckets:
         self.writes = 0
         self.failures = 0
         self.relearned = 0  # buckets whose history a crashed daemon's table kept
+        # SYNs and first UDP datagrams the kernel served at once (read by `count_new`).
+        self.kernel_new_tcp = 0
+        self.kernel_new_udp = 0
 
     def sync(self, now: float) -> None:
         """Write what changed, and renew the lease when due. Never raises."""
@@ -153,6 +156,16 @@ class KernelBuckets:
             self.path.write_buckets(operations[2:])  # one expired: add what is held
         self._renewed_until = self.buckets.lease_until
 
+    def count_new(self) -> None:
+        """Read the kernel's counters of sessions served at once (blocking: from a
+        worker thread). A failure leaves the last figures."""
+        if self.path.lost:
+            return
+        try:
+            self.kernel_new_tcp, self.kernel_new_udp = self.path.new_sessions()
+        except (UserError, ValueError) as error:
+            log.debug("could not read the kernel's counters: %s", error)
+
     def statistics(self) -> dict[str, int]:
         return {
             "held_in_kernel": sum(1 for verdict in self._tcp if verdict == MINE),
@@ -160,4 +173,6 @@ class KernelBuckets:
             "writes": self.writes,
             "failures": self.failures,
             "history_relearned": self.relearned,
+            "kernel_new_tcp": self.kernel_new_tcp,
+            "kernel_new_udp": self.kernel_new_udp,
         }

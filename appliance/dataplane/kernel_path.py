@@ -93,6 +93,9 @@ MINE_UDP = "mine_udp4"
 OTHER = "other4"
 HISTORY = "history4"
 BUCKET_PORTS = "bucket_ports4"
+# Counters of what the kernel served at once: SYNs and first datagrams of held buckets.
+NEW_TCP = "new_tcp4"
+NEW_UDP = "new_udp4_flows"
 
 # nfnetlink, from linux/netfilter/nfnetlink.h and nf_tables.h.
 NETLINK_NETFILTER = 12
@@ -357,6 +360,8 @@ table bridge {TABLE} {{
     set {FOREIGN} {{ type {key_type}; flags timeout; size {size}; }}
     set {BUCKET_PORTS} {{ type inet_proto . inet_service; flags interval; }}
 {bucket_sets}
+    counter {NEW_TCP} {{ }}
+    counter {NEW_UDP} {{ }}
     chain prerouting {{
         type filter hook prerouting priority dstnat; policy accept;
         ether daddr {cluster_mac} ip daddr {cluster_ip} jump cluster4
@@ -377,7 +382,7 @@ table bridge {TABLE} {{
         {fields} @{OWNED} return
         {fields} @{FOREIGN} return
         {bucket}
-        meta mark @{MINE_TCP} goto to_host
+        meta mark @{MINE_TCP} counter name {NEW_TCP} goto to_host
         meta mark @{OTHER} drop
     }}
     chain held_tcp4 {{
@@ -386,7 +391,7 @@ table bridge {TABLE} {{
     }}
     chain new_udp4 {{
         {bucket}
-        meta mark @{MINE_UDP} goto to_host
+        meta mark @{MINE_UDP} counter name {NEW_UDP} goto to_host
         meta mark @{OTHER} drop
     }}
     chain {FOREIGN_TCP_CHAIN} {{
@@ -602,6 +607,17 @@ class KernelPath:
             f"add element bridge {TABLE} {BUCKET_PORTS} {{ {listed} }}\n" if listed else ""
         )
         nft(script)
+
+    def new_sessions(self) -> tuple[int, int]:
+        """SYNs and first UDP datagrams the kernel handed to the local stack from
+        held buckets (blocking `nft`: call it from a worker thread)."""
+        listing = json.loads(nft_json("list", "counters", "table", "bridge", TABLE))
+        found = {
+            entry["counter"].get("name"): int(entry["counter"].get("packets", 0))
+            for entry in listing.get("nftables", ())
+            if isinstance(entry, dict) and isinstance(entry.get("counter"), dict)
+        }
+        return found.get(NEW_TCP, 0), found.get(NEW_UDP, 0)
 
     def write_buckets(self, operations: Sequence[tuple[int, str, Elements]]) -> bool:
         """Bucket elements, in one transaction: True if the kernel took it.
