@@ -69,6 +69,22 @@ class ApplianceCollector(Collector):
             yield CounterMetricFamily(
                 f"appliance_frames_{name}", f"Data plane: {name.replace('_', ' ')}", value=value
             )
+        # Buckets: how many are held, wanted and granted now (gauges), and what
+        # happened to them since start (counters).
+        for name, value in status.buckets.items():
+            if name in BUCKET_GAUGES:
+                yield GaugeMetricFamily(
+                    f"appliance_buckets_{name}", f"Buckets: {name.replace('_', ' ')}", value=value
+                )
+            else:
+                yield CounterMetricFamily(
+                    f"appliance_buckets_{name}", f"Buckets: {name.replace('_', ' ')}", value=value
+                )
+
+
+BUCKET_GAUGES = frozenset(
+    {"count", "held", "wanted", "granted", "ports", "held_in_kernel", "other_in_kernel"}
+)
 
 
 class MetricsServer:
