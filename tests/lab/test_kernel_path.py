@@ -75,9 +75,11 @@ def test_a_full_set_sends_new_sessions_to_the_tun_path(lab_segment: Lab, tmp_pat
     """With room for 16 sessions in the kernel's owned set, 60 requests to one
     member all succeed: past the 16th the set refuses, the member serves on the
     TUN path (and says so), and once the closed sessions leave the set it is
-    back on the fast path."""
+    back on the fast path. Without buckets, so that every session is claimed
+    on its own and goes into the owned set (a held bucket's sessions need no
+    element: the kernel serves them by bucket)."""
     config = tmp_path / "small-set.toml"
-    config.write_text("kernel_set_size = 16\nfin_timeout = 2.0\n")
+    config.write_text("kernel_set_size = 16\nfin_timeout = 2.0\nbuckets = 0\n")
     cluster = Cluster(lab_segment)
     try:
         member = cluster.add_member("--config", str(config), dns=False)
