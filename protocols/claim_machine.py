@@ -373,6 +373,7 @@ class ClaimMachine:
         self._actions: list[Action] = []
         self._counter = 0
         self._started = now
+        self._view_changed_at = now  # a member met, met again, or gone
         self._weight = weight
         self._load = load
         self._draining = draining
@@ -889,6 +890,7 @@ class ClaimMachine:
             if self._peers.is_full:
                 self._forget_peer(self._peers.oldest())
             peer, last_heard = self._peers.meet(hello.member_id, hello.counter, now)
+            self._view_changed_at = now
             peer.known_from_counter = self._counter + 1
             if last_heard is not None:
                 # A member we had given up on (a partition): everything it
@@ -1094,11 +1096,23 @@ class ClaimMachine:
         """Ask the decision rule whether the claim may be decided sooner than
         `ack_timeout`. Decisions run on a timer: the shell runs timers only
         with the TAP drained, so the decision sees every claim at hand."""
+        acknowledged = not self._unacknowledged(session, now)
+        if acknowledged and self._decision_rule is ACKNOWLEDGED and self.is_settled(now):
+            # Rule 3, settled: every member that may claim is known, and each
+            # one's acknowledgement follows any claim it made; no guard to wait.
+            self._decide_earlier(session, now)
+            return
         due = self._decision_rule.decision_time(
-            session.claimed_at, not self._unacknowledged(session, now), now, self.settings
+            session.claimed_at, acknowledged, now, self.settings
         )
         if due is not None:
             self._decide_earlier(session, due)
+
+    def is_settled(self, now: float) -> bool:
+        """No member joined, came back or went for a join grace, and this
+        member is past its own: a claim from a member not heard yet (what the
+        guard is for) is then unlikely enough to be left to rule 5."""
+        return now >= max(self._started, self._view_changed_at) + self.settings.join_grace
 
     def _decide_earlier(self, session: Session, due: float) -> None:
         """Move the claim's decision to `due`, if that is sooner."""
@@ -1185,6 +1199,7 @@ class ClaimMachine:
         mid-stream TCP packets of its sessions stay unclaimable.
         """
         self._peers.forget(peer)
+        self._view_changed_at = max(self._view_changed_at, peer.last_heard)
         if self._buckets is not None:
             self._buckets.forget(peer.member_id)
             self._buckets_dirty = True

@@ -33,7 +33,8 @@ def _freeze_member_1_between_hellos(segment: Segment, after_hello: float) -> fro
     return frozen
 
 
-# Fixed bug 1 (it was so): BucketSettings.lease (1.5) is no longer below ClaimSettings.member_timeout (1.5).
+# Fixed bug 1 (it was so): BucketSettings.lease (1.5) was not below
+# ClaimSettings.member_timeout (1.5).
 def test_1a_default_lease_is_below_member_timeout() -> None:
     assert BucketSettings().lease < ClaimSettings().member_timeout
 

@@ -162,7 +162,8 @@ def session_of(machine: ClaimMachine, key: SessionKey) -> Session:
 
 def win_alone(machine: ClaimMachine, key: SessionKey, now: float, sequence: int = 1000) -> float:
     """A member that hears no rival claims `key` at `now` and wins it; returns when
-    it won: after guard, or after ack_timeout if it knows peers (which never
+    it won: after guard (at once once settled: no member met or gone for a
+    join grace), or after ack_timeout if it knows peers (which never
     acknowledge here)."""
     run_until(machine, now)  # catch up with whatever fell due before
     machine.pop_actions()
@@ -170,7 +171,10 @@ def win_alone(machine: ClaimMachine, key: SessionKey, now: float, sequence: int 
     assert machine.handle_client_packet(packet, "first", 60, now) is Verdict.QUEUED
     assert len(claims(machine.pop_actions())) == 1
     settings = machine.settings
-    won_at = now + (settings.ack_timeout if machine.peers(now) else settings.guard)
+    if machine.peers(now):
+        won_at = now + settings.ack_timeout
+    else:
+        won_at = now if machine.is_settled(now) else now + settings.guard
     assert machine.next_wakeup() == won_at
     machine.handle_timer(won_at)
     machine.pop_actions()
@@ -1120,3 +1124,51 @@ def test_settings_refuse_bad_values_naming_the_field(
 
 def test_default_settings_are_accepted() -> None:
     ClaimSettings()  # raises SettingsError if the defaults contradict each other
+
+
+# ---------------------------------------- 17. a settled claimer needs no guard
+
+
+def _exchange(machines: list[ClaimMachine], now: float) -> None:
+    """Deliver every message each machine sends to the others, until quiet."""
+    for _ in range(20):
+        sent = [
+            (machine, action.message)
+            for machine in machines
+            for action in machine.pop_actions()
+            if isinstance(action, SendMessage)
+        ]
+        if not sent:
+            return
+        for sender, message in sent:
+            for machine in machines:
+                if machine is not sender:
+                    machine.handle_message(message, now)
+
+
+@pytest.mark.parametrize("settled", [True, False])
+def test_a_settled_claimer_decides_on_the_last_acknowledgement_with_no_guard(
+    settled: bool,
+) -> None:
+    """Every live member acknowledged: once no member was met or lost for a
+    join grace, the claim is decided then, not `guard` after it was sent; a
+    member that met a peer lately still waits the guard."""
+    start = 0.0 if settled else 10.0
+    me = ClaimMachine(ME, SETTINGS, 0.0)
+    peer = ClaimMachine(PEER, SETTINGS, start)
+    now = start + 0.01
+    _exchange([me, peer], now)  # they meet at `start`
+    until = start + SETTINGS.join_grace + 0.1 if settled else start + 0.2
+    while now < until:  # both run, and hear each other's hellos
+        now = min(until, now + 0.05)
+        for machine in (me, peer):
+            machine.handle_timer(now)
+        _exchange([me, peer], now)
+    assert me.is_settled(now) is settled
+    key = tcp_key(41000)
+    assert me.handle_client_packet(syn(key), "first", 60, now) is Verdict.QUEUED
+    _exchange([me, peer], now)  # the claim, and the peer's acknowledgement
+    expected = now if settled else now + SETTINGS.guard
+    assert me.next_wakeup() == pytest.approx(expected)
+    me.handle_timer(expected)
+    assert me.owns(key)
