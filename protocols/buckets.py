@@ -137,6 +137,7 @@ class Buckets:
         self.lease_until = now + settings.lease
         self.ports: frozenset[tuple[int, int]] | None = None  # the bucket ports; None: every port
         self.version = 0  # bumped whenever a verdict may have changed (the shell mirrors them)
+        self.conflicted: set[int] = set()  # buckets another member held too, at the last settle
         self._unit_scores: dict[int, list[float]] = {}
         self._owners: list[int] = [_NOBODY] * self.count
         self._view: tuple[Candidate, ...] = ()
@@ -167,9 +168,23 @@ class Buckets:
             self.counters.lapses += 1
             self.counters.released += len(self.holding)
             self.holding.clear()
+        # Nothing read before the freeze counts: grants to us may have been
+        # given up since (we were given up on), and holders may have changed.
+        self.states.clear()
+        for bucket in self.wanting:
+            self.wanting[bucket] = 0  # wanted afresh, granted afresh
+        self._open_mine()
         self.lease_until = now + self.settings.lease
         self.version += 1
         return True
+
+    def _open_mine(self) -> None:
+        """No bucket is ours any more: the verdicts say so at once (before the
+        next `settle`, a queued SYN may be asked about)."""
+        for table in (self._tcp, self._udp):
+            for bucket, verdict in enumerate(table):
+                if verdict == MINE:
+                    table[bucket] = OPEN
 
     def renew(self, now: float) -> None:
         """The member sends a hello: its lease goes on (call after `lapsed` said no)."""
@@ -180,6 +195,7 @@ class Buckets:
         self.counters.released += len(self.holding)
         self.holding.clear()
         self.wanting.clear()
+        self._open_mine()
         self.version += 1
 
     def settle(
@@ -216,13 +232,18 @@ class Buckets:
         me_id = self.member_id
         changed = False
         # Rule 4: the lower side of a double hold releases (counted), and so
-        # does a holder whose view ranks another member first.
+        # does a holder whose view ranks another member first. Both sides
+        # assert what they served of it (`conflicted`), so that each session
+        # two members served ends with one of them, as in rule 5.
+        conflicted: set[int] = set()
         for peer_id, state in states.items():
             for bucket in state.holding & self.holding.keys():
-                self.counters.conflicts += 1
+                conflicted.add(bucket)
                 if self._bid(bucket, peer_id, state.weight) > self._my_bid(bucket, me):
                     self._release(bucket)
                     changed = True
+        self.counters.conflicts += len(conflicted - self.conflicted)
+        self.conflicted = conflicted
         for bucket in list(self.holding):
             if owners[bucket] != me_id:
                 self._release(bucket)

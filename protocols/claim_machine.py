@@ -712,13 +712,22 @@ class ClaimMachine:
         """A new session of a bucket this member holds: it is ours with no
         claim round (every live member granted the bucket), so its first
         packet goes to the local kernel now. Nothing is sent."""
-        if self._table.is_full and not self._evict_one():
+        session = self._own_at_once(key, now, sequence=record.sequence)
+        if session is None:
             self.drops["table_full"] += 1
             return DROP
         self.counters.sessions_started += counted
         self.counters.served_at_once += 1
+        self.counters.packets_injected += 1
+        return INJECT
+
+    def _own_at_once(self, key: SessionKey, now: float, *, sequence: int = 0) -> Session | None:
+        """A session of a held bucket, owned with no claim round; None when the
+        table has no room."""
+        if self._table.is_full and not self._evict_one():
+            return None
         session = Session(key, Phase.CLAIMING, now)
-        session.syn_sequence = record.sequence
+        session.syn_sequence = sequence
         session.my_score = BUCKET_SCORE
         self._table.add(session)
         session.best_member, session.best_score = self.member_id, BUCKET_SCORE
@@ -727,9 +736,8 @@ class ClaimMachine:
         self._table.move(session, Event.WIN)
         if key.transport != TCP:
             self._table.mark_established(session)
-        self.counters.packets_injected += 1
         self._schedule_expiry(session)
-        return INJECT
+        return session
 
     def _may_claim(self, key: SessionKey, now: float) -> bool:
         if self._draining or self._announced_weight <= 0:
@@ -923,10 +931,16 @@ class ClaimMachine:
             if self._buckets is not None and self._buckets.verdict(claim.session) is MINE:
                 # Its bucket is ours: our kernel serves its SYN without asking,
                 # so the claimer must yield (rule 4, with a score no claim beats).
-                self.counters.assertions_sent += 1
-                self._send(
-                    Assertion(self.member_id, self._next_counter(), claim.session, BUCKET_SCORE)
-                )
+                # It is ours from now on, even if its bucket moves: its client's
+                # next SYN finds it here (we may not have seen the first).
+                owned = self._own_at_once(claim.session, now)
+                if owned is not None:
+                    self._send_assertion(owned)
+                else:  # no room: assert all the same, and serve it by bucket
+                    self.counters.assertions_sent += 1
+                    self._send(
+                        Assertion(self.member_id, self._next_counter(), claim.session, BUCKET_SCORE)
+                    )
                 return
             # The claim outran the client's packet (or we never see that
             # packet): remember it, so that we never claim this session.
@@ -1268,6 +1282,7 @@ class ClaimMachine:
         live = self._peers.live(now)
         lease = buckets.settings.lease
         speaking = {peer.member_id for peer in live if now - peer.last_heard <= lease}
+        conflicted_before = buckets.conflicted
         changed = buckets.settle(
             now,
             self._bucket_candidate(now),
@@ -1289,6 +1304,13 @@ class ClaimMachine:
         self._next_bucket_check = min(checks) if checks else None
         if changed:
             self._send_buckets(now)
+        newly = buckets.conflicted - conflicted_before
+        if newly:
+            # Another member held these buckets too (lost messages): assert
+            # what we served of them, so that the lower bid yields (rule 5).
+            for session in self._table:
+                if session.mine and buckets.bucket_of(session.key) in newly:
+                    self._send_assertion(session)
 
     def _send_buckets(self, now: float) -> None:
         assert self._buckets is not None

@@ -434,7 +434,10 @@ def test_a_claim_in_a_held_bucket_is_answered_with_the_bucket_score_and_loses() 
         if isinstance(message, Assertion)
     ]
     assert answers == [(holder, Assertion(holder, answers[0][1].counter, key, BUCKET_SCORE))]
-    assert segment.members[holder].session(key) is None  # its kernel serves the SYN itself
+    # The holder keeps it as its own from now on (its client's next SYN finds
+    # it there, even if the bucket moves meanwhile).
+    owned = segment.members[holder].session(key)
+    assert owned is not None and owned.mine
     assert newcomer.counters.claims_lost == 1
     assert not newcomer.owns(key)
     session = newcomer.session(key)
