@@ -1,11 +1,15 @@
 """The simulated segment: members, clients and a faulty network, in one event loop.
 
-Each member runs a real `ClaimMachine` (or, for comparison, the original
-first-seen rule). Every client packet is flooded to every member with a delay
-drawn per receiver, so members see different orders, as on a switched network.
-Claim messages are broadcast the same way and may be lost, duplicated, delayed
-past the guard window or cut by partitions. The invariant checker
-(`tools.sim.invariants`) runs after every step.
+Each member runs a real `ClaimMachine`: by default with claimed buckets
+(protocols.buckets), or, for comparison, claiming every session on its own
+("per-session"), with the rule before acknowledgements ("fixed-guard"), or
+the original first-seen rule. Every client packet is flooded to every member
+with a delay drawn per receiver, so members see different orders, as on a
+switched network. Claim messages are broadcast the same way and may be lost,
+duplicated, delayed past the guard window or cut by partitions. A frozen
+member (SIGSTOP) runs nothing; what reaches it waits, and is handled at once
+when it resumes. The invariant checker (`tools.sim.invariants`) runs after
+every step.
 
 Everything is drawn from the scenario's seed; the run also folds every event
 into a trace hash, so two runs of one seed can be compared in one line.
@@ -19,6 +23,8 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from protocols.bucket_hash import cluster_seed
+from protocols.buckets import Buckets, BucketSettings
 from protocols.claim_machine import (
     ACKNOWLEDGED,
     ClaimMachine,
@@ -32,7 +38,7 @@ from protocols.claim_machine import (
 from protocols.classifier import Classified, FrameKind
 from protocols.numbers import TcpFlags
 from protocols.session_key import SessionKey
-from protocols.wire.claim import Assertion, Claim, ClaimMessage
+from protocols.wire.claim import Acknowledgement, Assertion, Claim, ClaimMessage
 from tools.sim.first_seen import FirstSeenMachine
 from tools.sim.fixed_guard import FIXED_GUARD
 from tools.sim.invariants import InvariantChecker, Violation
@@ -47,6 +53,13 @@ WAKE = 4
 FAULT_BEGIN = 5
 FAULT_END = 6
 ANSWER = 7
+LOCAL_UPDATE = 8  # draining or listening ports change (an operator, a service)
+
+# The project's rule (claimed buckets, then claims for open buckets), and
+# the rules it is compared with.
+POLICIES = ("rendezvous", "per-session", "first-seen", "fixed-guard")
+DEFAULT_POLICY = "rendezvous"
+BUCKET_COUNT = 64
 
 # What a client does next.
 SEND_FIRST = 0
@@ -63,6 +76,17 @@ RETRANSMIT_GAPS = (1.0, 2.0, 4.0)  # then 4 s until the client gives up
 REPLY_DELAY = 0.0003  # from a member's kernel back to the client
 
 
+def bucket_settings(seed: int, settings: ClaimSettings) -> BucketSettings:
+    """The buckets of one run: every member cuts the session space alike,
+    with a jhash seed fixed by the run's seed."""
+    return BucketSettings(
+        count=BUCKET_COUNT,
+        seed=cluster_seed(CLUSTER_ADDRESS, (seed & (2**64 - 1)).to_bytes(8, "big")),
+        lease=settings.member_timeout / 2,
+        udp_transition=settings.udp_idle_timeout,
+    )
+
+
 @dataclass
 class SimMember:
     index: int
@@ -74,6 +98,10 @@ class SimMember:
     wake_at: float = float("inf")
     started_at: float = 0.0
     draining: bool = False
+    # Frozen (SIGSTOP): it runs nothing; what reaches it waits in `backlog`
+    # as (event kind, payload) until it resumes.
+    frozen: bool = False
+    backlog: list[tuple[int, object]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -110,7 +138,13 @@ class RunResult:
     broken: int
     claims_sent: int
     messages_lost: int
+    served_at_once: int = 0  # first packets served from a held bucket, with no claim
+    bucket_conflicts: int = 0  # times two members held one bucket at once
+    messages_sent: int = 0  # claim messages sent (within the counting window)
+    messages_handled: int = 0  # ... and handled by a member
+    messages_by_kind: dict[str, int] = field(default_factory=dict)  # sent, by message type
     owners: dict[int, int] = field(default_factory=dict)  # member index -> sessions won
+    held: dict[int, int] = field(default_factory=dict)  # member index -> buckets held at the end
     tags: list[str] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)  # every event, with replay --trace
 
@@ -120,14 +154,27 @@ class SimulatedCluster:
         self,
         scenario: Scenario,
         *,
-        policy: str = "rendezvous",
+        policy: str = DEFAULT_POLICY,
         settings: ClaimSettings | None = None,
         trace: bool = False,
+        count_messages: tuple[float, float] = (0.0, float("inf")),
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose from: {', '.join(POLICIES)}")
         self.scenario = scenario
         self.policy = policy
         self.settings = settings or ClaimSettings()
+        self.buckets = (
+            bucket_settings(scenario.seed, self.settings) if policy == "rendezvous" else None
+        )
         self.rng = random.Random(scenario.seed * 7919 + 17)
+        # Member ids come from their own generator, so that runs of one seed
+        # that differ in their traffic (tools.sim messages) have the same members.
+        self.id_rng = random.Random(scenario.seed * 104729 + 7)
+        self.index_of: dict[int, int] = {}  # member id -> member index
+        # (claimer id, claim counter) -> (session, when the claim left): for
+        # acknowledgements that come back after the claimer's ack_timeout.
+        self.claims_out: dict[tuple[int, int], tuple[SessionKey, float]] = {}
         self.events: list[tuple[float, int, int, int, int, object]] = []
         self.serial = 0
         self.now = 0.0
@@ -162,6 +209,11 @@ class SimulatedCluster:
         self.rates: dict[str, float] = {}
         self.slow: dict[int, float] = {}  # member index: extra delay of its traffic
         self.messages_lost = 0
+        self.count_from, self.count_until = count_messages
+        self.messages_sent = 0
+        self.messages_handled = 0
+        self.messages_by_kind: dict[str, int] = {}
+        self.served_at_once = 0
         self.checker = InvariantChecker(self)
 
     # ------------------------------------------------------------ event loop
@@ -212,11 +264,14 @@ class SimulatedCluster:
             self.fault(a, begin=True)
         elif kind == FAULT_END:
             self.fault(a, begin=False)
+        elif kind == LOCAL_UPDATE:
+            self.local_update(self.members[a], payload)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- members
 
     def new_machine(self, member: SimMember) -> MemberMachine:
-        member_id = self.rng.getrandbits(64)
+        member_id = self.id_rng.getrandbits(64)
+        self.index_of[member_id] = member.index
         listening = frozenset(member.listening)
         if self.policy == "first-seen":
             return FirstSeenMachine(member_id, self.now, listening=listening)
@@ -229,9 +284,11 @@ class SimulatedCluster:
             draining=member.draining,
             listening=listening,
             decision_rule=FIXED_GUARD if self.policy == "fixed-guard" else ACKNOWLEDGED,
+            buckets=self.buckets,
         )
 
     def start_member(self, member: SimMember) -> None:
+        self.drop_backlog(member)
         member.machine = self.new_machine(member)
         member.generation += 1
         member.started_at = self.now
@@ -240,6 +297,7 @@ class SimulatedCluster:
         self.after_member_step(member, [])
 
     def crash(self, member: SimMember) -> None:
+        self.drop_backlog(member)  # kill -9 ends a stopped process too
         if member.machine is None:
             return
         member.machine = None
@@ -247,9 +305,39 @@ class SimulatedCluster:
         member.wake_at = float("inf")
         self.checker.member_crashed(member)
 
+    def freeze(self, member: SimMember) -> None:
+        """SIGSTOP: no timers, no deliveries, until `resume`."""
+        if member.machine is None or member.frozen:
+            return
+        member.frozen = True
+        self.checker.member_frozen(member)
+
+    def resume(self, member: SimMember) -> None:
+        """SIGCONT: everything that reached the member meanwhile (its full TAP
+        queue, its control socket) is handled at once, in arrival order, then
+        its overdue timers run."""
+        if not member.frozen:
+            return
+        member.frozen = False
+        backlog, member.backlog = member.backlog, []
+        for kind, payload in backlog:
+            self.push(self.now, kind, member.index, member.generation, payload)
+        member.wake_at = self.now
+        self.push(self.now, WAKE, member.index, member.generation)
+        self.checker.member_resumed(member)
+
+    def drop_backlog(self, member: SimMember) -> None:
+        """The process is gone with what it had not read; an operator's
+        drain or a service's ports still hold for the next start."""
+        backlog, member.backlog = member.backlog, []
+        member.frozen = False
+        for kind, payload in backlog:
+            if kind == LOCAL_UPDATE:
+                self.apply_local_facts(member, payload)  # type: ignore[arg-type]
+
     def wake(self, index: int, generation: int) -> None:
         member = self.members[index]
-        if member.machine is None or generation != member.generation:
+        if member.machine is None or generation != member.generation or member.frozen:
             return
         if self.now < member.wake_at:
             return  # a later wake-up replaced this one
@@ -287,8 +375,25 @@ class SimulatedCluster:
         key = message.session if isinstance(message, Claim | Assertion) else None
         if isinstance(message, Claim | Assertion):
             self.checker.message_sent(sender, message)
+        # The claim an acknowledgement answers, and when that claim is decided
+        # on its timeout whatever answers are still on their way.
+        answered: tuple[SessionKey, float] | None = None
+        if isinstance(message, Claim):
+            self.claims_out[message.member_id, message.counter] = (message.session, self.now)
+            answered = (message.session, self.now + self.settings.ack_timeout)
+        elif isinstance(message, Acknowledgement):
+            claim = self.claims_out.get((message.claimer, message.claim_counter))
+            if claim is not None:
+                answered = (claim[0], claim[1] + self.settings.ack_timeout)
+        if self.count_from <= self.now < self.count_until:
+            self.messages_sent += 1
+            name = type(message).__name__
+            self.messages_by_kind[name] = self.messages_by_kind.get(name, 0) + 1
         rng = self.rng
         scenario = self.scenario
+        late_faults = bool(
+            self.slow or self.fault_rate("reordering") or self.fault_rate("delay_spikes")
+        )
         for member in self.members:
             if member is sender or member.machine is None:
                 continue
@@ -302,15 +407,27 @@ class SimulatedCluster:
                 extra += rng.uniform(0.0, reordering)
             if extra:
                 delay += extra
-                if key is not None and not self.knows(member, sender):
+                if key is not None and not (
+                    self.knows(member, sender) and self.knows(sender, member)
+                ):
                     # Only members that know each other wait for each other's
                     # acknowledgements; against a member not heard yet, the
-                    # guard is all there is, and this delay may pass it.
+                    # guard is all there is, and this delay may pass it. (A
+                    # joiner that has not heard a bucket's holder yet claims
+                    # one of its sessions waiting only for the members it
+                    # knows; the holder's answer is this late.)
                     self.lost(sender, member, key)
             spikes = self.fault_rate("delay_spikes")
             if spikes and rng.random() < spikes:
                 delay += rng.uniform(0.005, 0.05)  # well past the guard window
                 self.lost(sender, member, key)
+            if late_faults and answered is not None and self.now + delay >= answered[1]:
+                # A claim, or its acknowledgement, arrives after the claimer
+                # decided on ack_timeout, made late by a fault (a slow member
+                # whose messages are also reordered): a timeout of rule 3, as
+                # good as lost. (Timeouts shorter than the network's own
+                # delays are not excused: the checker must catch them.)
+                self.checker.message_delayed(sender, member, answered[0])
             self.push(self.now + delay, DELIVER_MESSAGE, member.index, member.generation, message)
             duplication = self.fault_rate("duplication")
             if duplication and rng.random() < duplication:
@@ -375,6 +492,17 @@ class SimulatedCluster:
         member = self.members[index]
         if member.machine is None or member.generation != generation:
             return
+        if member.frozen:
+            member.backlog.append((DELIVER_MESSAGE, message))
+            # Late by the rest of the freeze: far past any window, so it
+            # counts as lost for the claims it carries (as a delay spike does).
+            sender = self.index_of.get(message.member_id)
+            if sender is not None:
+                key = message.session if isinstance(message, Claim | Assertion) else None
+                self.checker.message_delayed(self.members[sender], member, key)
+            return
+        if self.count_from <= self.now < self.count_until:
+            self.messages_handled += 1
         member.machine.handle_message(message, self.now)
         self.after_member_step(member, [])
 
@@ -448,9 +576,17 @@ class SimulatedCluster:
         member = self.members[index]
         if member.machine is None or member.generation != generation:
             return  # sent to a machine that crashed since
+        if member.frozen:
+            member.backlog.append((DELIVER_PACKET, payload))
+            return
         session_index, number, record = payload
-        verdict = member.machine.handle_client_packet(record, (session_index, number), 60, self.now)
+        machine = member.machine
+        before = served_at_once(machine)
+        verdict = machine.handle_client_packet(record, (session_index, number), 60, self.now)
         injected = [(session_index, number)] if verdict is Verdict.INJECT else []
+        if injected and served_at_once(machine) > before:
+            self.served_at_once += 1
+            self.checker.served_at_once(member, self.sessions[session_index])
         self.after_member_step(member, injected)
 
     # ----------------------------------------------------------------- faults
@@ -470,19 +606,43 @@ class SimulatedCluster:
                     self.crash(member)
                 else:
                     self.start_member(member)
-            elif fault.kind == "drain":
-                member.draining = begin
-                if member.machine is not None:
-                    member.machine.update_local(self.now, draining=begin)
-                    self.after_member_step(member, [])
-            elif fault.kind == "service_down":
+            elif fault.kind == "freeze":
                 if begin:
-                    member.listening.discard((6, 80))
+                    self.freeze(member)
                 else:
-                    member.listening.add((6, 80))
-                if member.machine is not None:
-                    member.machine.update_local(self.now, listening=frozenset(member.listening))
-                    self.after_member_step(member, [])
+                    self.resume(member)
+            elif fault.kind == "drain":
+                self.local_update(member, ("draining", begin))
+            elif fault.kind == "service_down":
+                self.local_update(member, ("port 80", not begin))
+
+    def local_update(self, member: SimMember, facts: tuple[str, bool]) -> None:
+        """The operator drains (or undrains) the member, or its service stops
+        (or starts again) listening on TCP port 80. A frozen member reads it
+        when it resumes, in order with what else reached it; a member started
+        meanwhile reads it now."""
+        if member.frozen:
+            member.backlog.append((LOCAL_UPDATE, facts))
+            return
+        self.apply_local_facts(member, facts)
+        machine = member.machine
+        if machine is None:
+            return
+        if facts[0] == "draining":
+            machine.update_local(self.now, draining=member.draining)
+        else:
+            machine.update_local(self.now, listening=frozenset(member.listening))
+        self.checker.local_changed(member)
+        self.after_member_step(member, [])
+
+    def apply_local_facts(self, member: SimMember, facts: tuple[str, bool]) -> None:
+        what, value = facts
+        if what == "draining":
+            member.draining = value
+        elif value:
+            member.listening.add((6, 80))
+        else:
+            member.listening.discard((6, 80))
 
     # ---------------------------------------------------------------- results
 
@@ -492,6 +652,11 @@ class SimulatedCluster:
         for session in self.sessions:
             if session.answered_by is not None:
                 owners[session.answered_by] = owners.get(session.answered_by, 0) + 1
+        held = {
+            member.index: len(buckets.holding)
+            for member in self.members
+            if (buckets := machine_buckets(member.machine)) is not None
+        }
         return RunResult(
             seed=self.scenario.seed,
             policy=self.policy,
@@ -505,10 +670,26 @@ class SimulatedCluster:
             broken=checker.broken_sessions,
             claims_sent=checker.claims_sent,
             messages_lost=self.messages_lost,
+            served_at_once=self.served_at_once,
+            bucket_conflicts=checker.bucket_conflicts,
+            messages_sent=self.messages_sent,
+            messages_handled=self.messages_handled,
+            messages_by_kind=dict(self.messages_by_kind),
             owners=owners,
+            held=held,
             tags=list(self.scenario.tags),
             trace=self.trace_lines,
         )
+
+
+def machine_buckets(machine: MemberMachine | None) -> Buckets | None:
+    """A member's buckets, if its policy has them."""
+    return machine.buckets if isinstance(machine, ClaimMachine) else None
+
+
+def served_at_once(machine: MemberMachine) -> int:
+    """How many new sessions the member served from a held bucket so far."""
+    return machine.counters.served_at_once if isinstance(machine, ClaimMachine) else 0
 
 
 def number_is_first(session: ClientSession, number: int) -> bool:
@@ -519,8 +700,11 @@ def number_is_first(session: ClientSession, number: int) -> bool:
 def run_schedule(
     scenario: Scenario,
     *,
-    policy: str = "rendezvous",
+    policy: str = DEFAULT_POLICY,
     settings: ClaimSettings | None = None,
     trace: bool = False,
+    count_messages: tuple[float, float] = (0.0, float("inf")),
 ) -> RunResult:
-    return SimulatedCluster(scenario, policy=policy, settings=settings, trace=trace).run()
+    return SimulatedCluster(
+        scenario, policy=policy, settings=settings, trace=trace, count_messages=count_messages
+    ).run()

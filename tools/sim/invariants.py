@@ -11,14 +11,34 @@
 - Late joiners: a member never claims a session that was already running
   when it started (for UDP: unless the owner died or messages to it were lost).
 - Silence: a member that drains, or whose service does not listen on the
-  port, never claims.
+  port, never claims, nor serves a new session from a bucket.
+
+With claimed buckets (protocols.buckets), read from each live member's
+`machine.buckets.holding` (a holder's buckets count only within its lease:
+a frozen member's kernel lets go of them when the lease runs out):
+
+- Bucket safety: at most one live member holds a bucket. Two holders are
+  allowed only after a message between them was lost (or cut by a
+  partition), and the double hold must end within RESOLUTION_BOUND of the
+  last such loss. A freeze does not count as a loss here: leases must make
+  it safe on their own.
+- Bucket serving: a member serves a new session at once (no claim) only from
+  a bucket it holds. Two members may serve one session at once only as two
+  holders of its bucket (as above).
+- Bucket coverage: in the clean phase, once every member is settled, no
+  bucket stays unheld for longer than BUCKET_COVER_BOUND while a healthy,
+  undrained member is up and buckets serve some port.
+- Drained: a draining member holds no bucket DRAIN_BOUND after the drain.
+- Shares of held buckets against weights are printed by `tools.sim shares`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 from typing import TYPE_CHECKING
 
+from protocols.claim_machine import ClaimMachine
 from protocols.session_key import SessionKey
 from protocols.wire.claim import Assertion, Claim
 from tools.sim.scenario import GIVE_UP_AFTER, LIVENESS_BOUND, Fault
@@ -29,6 +49,10 @@ if TYPE_CHECKING:
 RESOLUTION_BOUND = 6.0
 CONFLICT_RECHECK = 0.05
 NEVER = float("-inf")
+BUCKET_RECHECK = 0.05  # leases run out, and buckets stay unheld, without any step
+BUCKET_COVER_BOUND = 3.0
+DRAIN_BOUND = 0.1
+NOTHING: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,12 @@ class Violation:
 class Conflict:
     start: float
     members: tuple[int, ...]
+
+
+@dataclass
+class DoubleHold:
+    start: float
+    members: frozenset[int]
 
 
 class InvariantChecker:
@@ -65,6 +95,21 @@ class InvariantChecker:
         self.established: dict[SessionKey, tuple[int, int, float]] = {}
         self.partition_healed_at = NEVER
         self.next_conflict_check = 0.0
+        # Buckets. Losses between members on the network (not a freeze's delays).
+        self.net_lost_between: dict[tuple[int, int], float] = {}
+        # Session -> (member index, generation) of each member that served it from a bucket.
+        self.at_once: dict[SessionKey, set[tuple[int, int]]] = {}
+        self.holding_of: dict[int, frozenset[int]] = {}  # member index -> buckets it holds
+        self.holding_seen: dict[int, tuple[int, int, int, bool]] = {}  # when last read
+        self.holders: dict[int, set[int]] = {}  # bucket -> member indexes holding it
+        self.double_holds: dict[int, DoubleHold] = {}
+        self.bucket_conflicts = 0
+        self.unheld_since: dict[int, float] = {}
+        self.uncovered_reported: set[int] = set()
+        self.cover_since = NEVER  # since when a healthy member has been up without a break
+        self.drained_at: dict[int, float] = {}  # member index -> when its drain reached it
+        self.next_bucket_check = 0.0
+        self.settled_from = self._settled_from()
 
     @property
     def broken_sessions(self) -> int:
@@ -109,6 +154,15 @@ class InvariantChecker:
             )
 
     def message_lost(self, sender: SimMember, receiver: SimMember, key: SessionKey | None) -> None:
+        self.message_delayed(sender, receiver, key)
+        self.net_lost_between[sender.index, receiver.index] = self.cluster.now
+
+    def message_delayed(
+        self, sender: SimMember, receiver: SimMember, key: SessionKey | None
+    ) -> None:
+        """A message reaches a frozen member only when it resumes: for claims,
+        as good as lost (a member silent past ack_timeout is one of rule 3's
+        timeouts), but not a loss that excuses two holders of a bucket."""
         now = self.cluster.now
         self.lost_to[receiver.index] = now
         self.lost_between[sender.index, receiver.index] = now
@@ -125,6 +179,7 @@ class InvariantChecker:
                 owner != member.index
                 and self._alive(owner, generation)
                 and key not in self.lost_about
+                and not self._holders_excused(key, (owner, member.index), RESOLUTION_BOUND)
             ):
                 self.violation(
                     "stability",
@@ -144,17 +199,54 @@ class InvariantChecker:
             # The client took this member's SYN-ACK: its connection breaks.
             self.broken.add(key)
 
+    def served_at_once(self, member: SimMember, session: ClientSession) -> None:
+        """The member served a new session from a bucket, with no claim."""
+        key = session.key
+        machine = member.machine
+        assert isinstance(machine, ClaimMachine) and machine.buckets is not None
+        buckets = machine.buckets
+        bucket = buckets.bucket_of(key)
+        now = self.cluster.now
+        if bucket is None or bucket not in buckets.holding or now > buckets.lease_until:
+            self.violation(
+                "bucket serving",
+                f"member {member.index} served {key} at once from bucket {bucket}, which it "
+                f"does not hold (it holds {len(buckets.holding)} bucket(s), lease until "
+                f"{buckets.lease_until:.3f}s)",
+            )
+        if member.draining or (key.transport, key.cluster_port) not in member.listening:
+            reason = "draining" if member.draining else "not listening on the port"
+            self.violation("silence", f"member {member.index} served {key} at once while {reason}")
+        self.at_once.setdefault(key, set()).add((member.index, member.generation))
+
     def member_started(self, member: SimMember) -> None:
-        pass
+        if member.draining:
+            self.drained_at[member.index] = self.cluster.now
+        self._read_holding(member)
 
     def member_crashed(self, member: SimMember) -> None:
+        self.drained_at.pop(member.index, None)
+        self._read_holding(member)
+
+    def member_frozen(self, member: SimMember) -> None:
         pass
+
+    def member_resumed(self, member: SimMember) -> None:
+        pass
+
+    def local_changed(self, member: SimMember) -> None:
+        """Its drain (or its ports) reached the member's machine."""
+        if member.draining:
+            self.drained_at.setdefault(member.index, self.cluster.now)
+        else:
+            self.drained_at.pop(member.index, None)
 
     def member_stepped(self, member: SimMember) -> None:
         assert member.machine is not None
         problem = member.machine.bound_violation()
         if problem is not None:
             self.violation("bounds", f"member {member.index}: {problem}")
+        self._read_holding(member)
 
     def answered(self, session: ClientSession, member_index: int) -> None:
         pass
@@ -175,6 +267,13 @@ class InvariantChecker:
         if self.conflicts and now >= self.next_conflict_check:
             self.next_conflict_check = now + CONFLICT_RECHECK
             self._check_conflicts(now)
+        if self.cluster.buckets is not None and now >= self.next_bucket_check:
+            self.next_bucket_check = now + BUCKET_RECHECK
+            for member in self.cluster.members:
+                self._read_holding(member)  # a frozen member's lease runs out
+            self._check_double_holds(now)
+            self._check_coverage(now)
+            self._check_drained(now)
 
     def _owners(self, key: SessionKey) -> tuple[int, ...]:
         return tuple(
@@ -188,7 +287,7 @@ class InvariantChecker:
         conflict = self.conflicts.get(key)
         if len(owners) >= 2:
             if conflict is None:
-                if key not in self.lost_about:
+                if key not in self.lost_about and not self._holders_excused(key, owners):
                     self.violation(
                         "safety", f"members {owners} all own {key}, and no claim was lost"
                     )
@@ -228,6 +327,183 @@ class InvariantChecker:
     def _alive(self, index: int, generation: int) -> bool:
         member = self.cluster.members[index]
         return member.machine is not None and member.generation == generation
+
+    # ---------------------------------------------------------------- buckets
+
+    def _pair_loss(self, first: int, second: int) -> float:
+        """The last network loss between two members in their current lives."""
+        members = self.cluster.members
+        since = max(members[first].started_at, members[second].started_at)
+        lost = max(
+            self.net_lost_between.get((first, second), NEVER),
+            self.net_lost_between.get((second, first), NEVER),
+        )
+        return lost if lost >= since else NEVER
+
+    def _recent_pair_loss(self, first: int, second: int, longer: float = 0.0) -> bool:
+        """Messages between two members were lost lately: recently enough
+        that one may not count the other as live (it waits for nobody it
+        has not heard for member_timeout), or that both hold one bucket
+        until their next BUCKETS messages cross; `longer` for a conflict
+        that began then and is still within its resolution bound."""
+        settings = self.cluster.settings
+        window = settings.member_timeout + 2 * settings.hello_interval + longer
+        return self._pair_loss(first, second) >= self.cluster.now - window
+
+    def _holders_excused(
+        self, key: SessionKey, owners: tuple[int, ...], longer: float = 0.0
+    ) -> bool:
+        """Owners of one session, one of which served it at once from its
+        bucket, with messages between each two of them lost lately: two
+        holders of the bucket (which the bucket checks bound), or a claimer
+        that could not hear the holder (its answer is lost, or follows a
+        decision that waited for nobody it had not heard lately)."""
+        served = self.at_once.get(key)
+        members = self.cluster.members
+        if not served or not any((index, members[index].generation) in served for index in owners):
+            return False
+        return all(self._recent_pair_loss(a, b, longer) for a, b in combinations(owners, 2))
+
+    def _read_holding(self, member: SimMember) -> None:
+        """Take note of the buckets a member holds now, if they changed."""
+        machine = member.machine
+        index = member.index
+        buckets = machine.buckets if isinstance(machine, ClaimMachine) else None
+        if buckets is None:
+            held = NOTHING
+            self.holding_seen.pop(index, None)
+        else:
+            now = self.cluster.now
+            valid = now <= buckets.lease_until
+            seen = (member.generation, buckets.version, len(buckets.holding), valid)
+            if self.holding_seen.get(index) == seen:
+                return
+            self.holding_seen[index] = seen
+            held = frozenset(buckets.holding) if valid else NOTHING
+        before = self.holding_of.get(index, NOTHING)
+        if held == before:
+            return
+        self.holding_of[index] = held
+        now = self.cluster.now
+        for bucket in before - held:
+            holders = self.holders[bucket]
+            holders.discard(index)
+            if not holders:
+                del self.holders[bucket]
+                self.unheld_since[bucket] = now
+        for bucket in held - before:
+            holders = self.holders.setdefault(bucket, set())
+            holders.add(index)
+            self.unheld_since.pop(bucket, None)
+            self.uncovered_reported.discard(bucket)
+            if len(holders) >= 2:
+                self._double_hold(bucket, now)
+        if held and index in self.drained_at:
+            self._check_drained(now)
+
+    def _double_hold(self, bucket: int, now: float) -> None:
+        holders = frozenset(self.holders[bucket])
+        episode = self.double_holds.get(bucket)
+        if episode is None:
+            self.bucket_conflicts += 1
+            episode = self.double_holds[bucket] = DoubleHold(now, NOTHING)
+        new = holders - episode.members
+        episode.members = holders
+        unexcused = [
+            (a, b)
+            for a, b in combinations(sorted(holders), 2)
+            if (a in new or b in new) and not self._recent_pair_loss(a, b)
+        ]
+        if unexcused:
+            a, b = unexcused[0]
+            self.violation(
+                "bucket safety",
+                f"members {a} and {b} both hold bucket {bucket}, and no message between "
+                "them was lost",
+            )
+
+    def _check_double_holds(self, now: float) -> None:
+        if not self.double_holds:
+            return
+        partitioned = self.cluster.partitioned()
+        for bucket, episode in list(self.double_holds.items()):
+            holders = self.holders.get(bucket, set())
+            if len(holders) < 2:
+                del self.double_holds[bucket]
+                continue
+            if partitioned:
+                continue
+            since = max(
+                episode.start,
+                self.partition_healed_at,
+                *(self._pair_loss(a, b) for a, b in combinations(holders, 2)),
+            )
+            if now - since > RESOLUTION_BOUND:
+                self.violation(
+                    "bucket safety",
+                    f"members {tuple(sorted(holders))} still all hold bucket {bucket} "
+                    f"{now - since:.1f}s after the last loss between them (since "
+                    f"{episode.start:.3f}s)",
+                )
+                del self.double_holds[bucket]
+
+    def _settled_from(self) -> float:
+        """When every fault has healed and every member is warm: from then on
+        the members' views agree and stay put, so every bucket gets held."""
+        scenario = self.cluster.scenario
+        settings = self.cluster.settings
+        changes = [scenario.heal_time, *(plan.start for plan in scenario.members)]
+        for fault in scenario.faults:
+            changes.append(fault.start + settings.member_timeout)  # a crash, gone for good
+            if fault.end != float("inf"):
+                changes.append(fault.end + settings.member_timeout)
+        return max(changes) + settings.join_grace + settings.member_timeout
+
+    def _healthy_for_buckets(self, member: SimMember, now: float) -> bool:
+        machine = member.machine
+        if not isinstance(machine, ClaimMachine) or machine.buckets is None:
+            return False
+        ports = machine.buckets.ports
+        return (
+            not member.frozen
+            and not member.draining
+            and member.weight > 0
+            and not machine.is_warming(now)
+            and (ports is None or bool(ports))
+        )
+
+    def _check_coverage(self, now: float) -> None:
+        if now < self.settled_from:
+            return
+        if not any(self._healthy_for_buckets(member, now) for member in self.cluster.members):
+            self.cover_since = NEVER
+            return
+        if self.cover_since == NEVER:
+            self.cover_since = now
+        count = self.cluster.buckets.count if self.cluster.buckets is not None else 0
+        start = max(self.settled_from, self.cover_since)
+        for bucket in range(count):
+            if bucket in self.holders or bucket in self.uncovered_reported:
+                continue
+            since = max(start, self.unheld_since.get(bucket, NEVER))
+            if now - since > BUCKET_COVER_BOUND:
+                self.uncovered_reported.add(bucket)
+                self.violation(
+                    "bucket coverage",
+                    f"bucket {bucket} held by no member for {now - since:.1f}s, with a "
+                    "healthy member up and every fault healed",
+                )
+
+    def _check_drained(self, now: float) -> None:
+        for index, since in list(self.drained_at.items()):
+            if now - since <= DRAIN_BOUND or not self.holding_of.get(index):
+                continue
+            self.violation(
+                "drained",
+                f"member {index} still holds {len(self.holding_of[index])} bucket(s) "
+                f"{now - since:.2f}s after it began draining",
+            )
+            del self.drained_at[index]  # once per drain
 
     # ------------------------------------------------------------------ end
 
@@ -274,7 +550,7 @@ class InvariantChecker:
             for fault in scenario.faults:
                 if index not in fault.members:
                     continue
-                if fault.kind == "crash_restart":
+                if fault.kind in ("crash_restart", "freeze"):
                     up_from = max(up_from, fault.end)
                 elif fault.kind == "crash":
                     healthy = False
