@@ -742,18 +742,20 @@ def test_a_member_with_another_bucket_count_is_never_ranked() -> None:
     assert segment.holding(3) == frozenset()  # nobody grants it anything
 
 
+_BUCKETS_MESSAGE = BucketState(
+    7,
+    9,
+    12,
+    1.5,
+    frozenset({(TCP, 80)}),
+    frozenset({0, 11}),
+    frozenset({5}),
+    (Grant(8, 3, frozenset({1, 2})),),
+)
+
+
 def _buckets_bytes(**changes: object) -> bytes:
-    message = BucketState(
-        7,
-        9,
-        12,
-        1.5,
-        frozenset({(TCP, 80)}),
-        frozenset({0, 11}),
-        frozenset({5}),
-        (Grant(8, 3, frozenset({1, 2})),),
-    )
-    return encode_message(replace(message, **changes))  # type: ignore[arg-type]
+    return encode_message(replace(_BUCKETS_MESSAGE, **changes))  # type: ignore[arg-type]
 
 
 # Offsets in _buckets_bytes(): the header, count (2), weight (8), port count (1),
@@ -772,16 +774,7 @@ def test_the_bucket_message_bytes_are_where_the_tests_expect() -> None:
     assert raw[_HOLDING_AT : _HOLDING_AT + 2] == bytes([0x01, 0x08])
     assert raw[_WANTING_AT : _WANTING_AT + 2] == bytes([0x20, 0x00])
     assert raw[_GRANT_BUCKETS_AT:] == bytes([0x06, 0x00])
-    assert decode_message(raw)[0] == BucketState(
-        7,
-        9,
-        12,
-        1.5,
-        frozenset({(TCP, 80)}),
-        frozenset({0, 11}),
-        frozenset({5}),
-        (Grant(8, 3, frozenset({1, 2})),),
-    )
+    assert decode_message(raw)[0] == _BUCKETS_MESSAGE
 
 
 @pytest.mark.parametrize("length", range(len(_buckets_bytes())))
