@@ -113,6 +113,7 @@ class Daemon:
         ):
             # Everything that can refuse comes before anything changes on the host.
             key = config.claim_key()
+            config.bucket_settings(key)  # a bad bucket configuration refuses here
             control = ControlServer(config.control_socket, self.handle_control)
             cleanup.callback(control.close)
             await control.bind()

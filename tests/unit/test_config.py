@@ -117,3 +117,12 @@ def test_connections_on_counts_open_connections_of_the_address() -> None:
     finally:
         for sock in (listener, client, server):
             sock.close()
+
+
+def test_a_member_timeout_too_short_for_the_bucket_lease_is_refused() -> None:
+    config = load_config(
+        None, {"cluster_ip": "192.0.2.10", "hello_interval": 1.0, "member_timeout": 1.5}
+    )
+    with pytest.raises(ConfigError, match=r"member_timeout .* must exceed twice hello_interval"):
+        config.bucket_settings(None)
+    assert load_config(None, {"cluster_ip": "192.0.2.10"}).bucket_settings(None) is not None
