@@ -118,7 +118,8 @@ def test_a_late_joiner_breaks_no_running_transfer_and_then_takes_new_sessions(
 ) -> None:
     """A fourth member joins while long transfers run: none breaks, each arrives whole,
     and the newcomer then serves new sessions."""
-    transfers = LongTransfers(cluster, count=6, size=1_200_000)
+    # About 9 s each at nginx's rate limit: they outlast the join even on a busy machine.
+    transfers = LongTransfers(cluster, count=6, size=2_400_000)
     time.sleep(1.5)
     newcomer = cluster.add_member()
     assert transfers.running, "the transfers ended before the newcomer was up"
