@@ -138,6 +138,7 @@ class Buckets:
         self.ports: frozenset[tuple[int, int]] | None = None  # the bucket ports; None: every port
         self.version = 0  # bumped whenever a verdict may have changed (the shell mirrors them)
         self.conflicted: set[int] = set()  # buckets another member held too, at the last settle
+        self.just_taken: list[int] = []  # the buckets the last settle took
         self._unit_scores: dict[int, list[float]] = {}
         self._owners: list[int] = [_NOBODY] * self.count
         self._view: tuple[Candidate, ...] = ()
@@ -210,7 +211,7 @@ class Buckets:
         """Apply rules 1 to 4 to the current view. `me` is this member as a
         candidate (None: draining, warming or weightless); `live` the live
         peers; `trusted` says whether a peer's message may count for a take;
-        `unsettled` lists buckets with a claim still being decided here;
+        `unsettled` lists buckets with a claim a rival may still win;
         `speaking` the live peers heard within a lease (None: all of them).
         True if this member's own state changed (send a BUCKETS message).
 
@@ -294,6 +295,7 @@ class Buckets:
             for bucket, since in self.wanting.items()
             if since and self._granted_by_all(bucket, since, live_ids, trusted)
         ]
+        self.just_taken = []
         if ready:
             blocked = unsettled()
             for bucket in ready:
@@ -301,6 +303,7 @@ class Buckets:
                     del self.wanting[bucket]
                     self.holding[bucket] = now
                     self.counters.taken += 1
+                    self.just_taken.append(bucket)
                     changed = True
         ports = self._bucket_ports(view)
         if ports != self.ports:

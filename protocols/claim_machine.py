@@ -1302,6 +1302,8 @@ class ClaimMachine:
             if peer.member_id in speaking and buckets.holds_anything(peer.member_id)
         )
         self._next_bucket_check = min(checks) if checks else None
+        if buckets.just_taken:
+            self._win_in_taken_buckets(set(buckets.just_taken), now)
         if changed:
             self._send_buckets(now)
         newly = buckets.conflicted - conflicted_before
@@ -1311,6 +1313,25 @@ class ClaimMachine:
             for session in self._table:
                 if session.mine and buckets.bucket_of(session.key) in newly:
                     self._send_assertion(session)
+
+    def _win_in_taken_buckets(self, taken: set[int], now: float) -> None:
+        """Our claims in buckets just taken, with no rival heard, are won now,
+        with the bucket score: the bucket is ours, so a late rival claim is
+        answered with an assertion that no claim beats (as for a session
+        first seen in a held bucket)."""
+        buckets = self._buckets
+        assert buckets is not None
+        for session in list(self._table):
+            if (
+                session.state is PENDING
+                and session.best_member == NO_MEMBER
+                and buckets.bucket_of(session.key) in taken
+            ):
+                if session.phase is Phase.WAITING:
+                    session.claim_at = None
+                    self._table.move(session, Event.TURN)  # decided without a claim sent
+                session.my_score = BUCKET_SCORE
+                self._decide(session, now)
 
     def _send_buckets(self, now: float) -> None:
         assert self._buckets is not None
@@ -1335,16 +1356,22 @@ class ClaimMachine:
         )
 
     def _unsettled_buckets(self, now: float) -> set[int]:
-        """Buckets with a claim still being decided here, or a rival's claim
-        heard lately and not yet asserted: not to be taken yet, since that
-        claimer may win the session."""
+        """Buckets with a claim a rival may still win: one of ours that heard a
+        rival's bid, or a rival's heard lately and not yet asserted. Not to be
+        taken yet, since that rival may win the session.
+
+        A claim of ours that heard no rival does not hold a bucket back (else
+        a SYN flood in a bucket being taken keeps it open): no rival can have
+        claimed the session before granting the bucket, since its claim would
+        have come before the grant, and none claims it after (the bucket is
+        another's to it). The take wins such claims (`_win_in_taken_buckets`)."""
         buckets = self._buckets
         assert buckets is not None
         recent = self.settings.ack_timeout + self.settings.reclaim_after
         blocked: set[int] = set()
         for session in self._table:
             state = session.state
-            if state is PENDING or (
+            if (state is PENDING and session.best_member != NO_MEMBER) or (
                 state is FOREIGN
                 and not session.best_asserted
                 and session.best_member != NO_MEMBER

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -73,6 +73,28 @@ class Cluster:
                 return
             time.sleep(0.2)
         raise AssertionError(f"the cluster did not settle: {pending}")
+
+    def bucket_shares(self) -> list[int]:
+        """How many buckets each member holds, in member order."""
+        return [member.appliance.status().buckets.get("held", 0) for member in self.members]
+
+    def wait_for_buckets(
+        self, check: Callable[[list[int]], bool] | None = None, timeout: float = 15.0
+    ) -> list[int]:
+        """Until the buckets are at rest (no member still wants one) and their
+        shares pass `check` (by default: every member holds some, and every
+        bucket is held)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = [member.appliance.status().buckets for member in self.members]
+            shares = [status.get("held", 0) for status in statuses]
+            at_rest = not any(status.get("wanted", 0) for status in statuses)
+            count = statuses[0].get("count", 0)
+            passed = check(shares) if check else all(shares) and sum(shares) == count
+            if at_rest and passed:
+                return shares
+            assert time.monotonic() < deadline, f"buckets held {shares}, {statuses}"
+            time.sleep(0.2)
 
     def curl(
         self,

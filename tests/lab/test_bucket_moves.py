@@ -8,7 +8,6 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
 
 from lab.members import appliance_command
 from tests.lab.conftest import Cluster, LongTransfers, unique_paths
@@ -35,26 +34,10 @@ print(json.dumps(results))
 """
 
 
-def held(cluster: Cluster) -> list[int]:
-    return [member.appliance.status().buckets.get("held", 0) for member in cluster.members]
-
-
-def wait_for_buckets(
-    cluster: Cluster, check: Callable[[list[int]], bool], timeout: float = 15.0
-) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shares = held(cluster)
-        if check(shares):
-            return shares
-        assert time.monotonic() < deadline, f"buckets held: {shares}"
-        time.sleep(0.2)
-
-
 def test_a_daemon_killed_while_a_client_connects_costs_at_most_one_retransmission(
     cluster: Cluster,
 ) -> None:
-    wait_for_buckets(cluster, lambda shares: all(shares) and sum(shares) == 1024)
+    cluster.wait_for_buckets()
     results: list[list[float]] = []
     loop = threading.Thread(
         target=lambda: results.extend(
@@ -93,14 +76,14 @@ def test_a_daemon_killed_while_a_client_connects_costs_at_most_one_retransmissio
 
 
 def test_a_weight_change_moves_buckets_and_breaks_no_transfer(cluster: Cluster) -> None:
-    before = wait_for_buckets(cluster, lambda shares: all(shares) and sum(shares) == 1024)
+    before = cluster.wait_for_buckets()
     transfers = LongTransfers(cluster, count=6, size=1_200_000)
     time.sleep(1.0)
     heavy = cluster.members[0]
     answer = heavy.node.run([*appliance_command(), "weight", "3"])
     assert "weight 3" in answer.stdout
     # Weights 3, 1, 1: about 3/5 of the buckets for the heavy member.
-    after = wait_for_buckets(cluster, lambda shares: shares[0] > 0.5 * 1024 and sum(shares) == 1024)
+    after = cluster.wait_for_buckets(lambda shares: shares[0] > 0.5 * 1024 and sum(shares) == 1024)
     assert transfers.running, "the transfers ended before the weight changed"
     transfers.finish()
     requests = cluster.curl(unique_paths(200, "weighted"), parallel=10)

@@ -17,6 +17,7 @@ that.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import struct
 from collections.abc import Callable, Iterable
@@ -815,3 +816,24 @@ def test_a_bucket_count_out_of_range_is_malformed(count: int) -> None:
 def test_trailing_bytes_after_a_bucket_message_are_malformed() -> None:
     with pytest.raises(MalformedPacket, match="trailing"):
         decode_message(_buckets_bytes() + b"\0")
+
+
+def test_a_syn_flood_in_a_moving_bucket_does_not_keep_it_from_being_taken() -> None:
+    # A new SYN in the bucket every 0.2 ms, while a claim round takes 0.6 ms:
+    # the newcomer always has a claim of its own pending in it. Only a rival's
+    # claim could take a session from it, so its own claims must not hold the
+    # bucket back (else a flood during a join keeps the bucket open, and every
+    # flooded SYN goes through Python, for as long as the flood lasts).
+    segment = settled(1, 2)
+    segment.add(3)
+    flooded = min(ranked_first({1: 1.0, 2: 1.0, 3: 1.0})[3])
+    ports = _client_ports(BUCKETS.count, BUCKETS.seed)[flooded]
+    joined_at = segment.now
+    for nth in itertools.count():
+        if segment.now > joined_at + SETTINGS.join_grace + 1.5:
+            break
+        key = SessionKey(TCP, CLIENT, ports[nth % len(ports)], CLUSTER, 80 + nth // len(ports))
+        segment.arrive_everywhere(syn(key))
+        segment.advance(0.0002)
+    assert flooded in segment.holding(3)
+    assert_split(segment, (1, 2, 3))
