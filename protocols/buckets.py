@@ -66,6 +66,12 @@ from protocols.wire.claim import (
 # The score of a session served at once from a held bucket: it wins any
 # per-session conflict, since the holder's kernel serves it without asking.
 BUCKET_SCORE = 1e300
+# The score of a holder's answer to a claim for a session it has no record
+# of, in a bucket it holds: it beats any claim (the claimer yields, and the
+# client's next SYN is served at once here), but not a session served at
+# once, which the bucket's previous holder may have served just before the
+# bucket moved. The answer makes the holder no owner.
+ANSWER_SCORE = 1e299
 # A BUCKETS message stays within one Ethernet frame with its IP header and tag.
 MAX_MESSAGE = 1400
 # The most buckets whose message still has room for a grant (two bitmaps, the
@@ -232,17 +238,20 @@ class Buckets:
         owners = self._owners
         me_id = self.member_id
         changed = False
-        # Rule 4: the lower side of a double hold releases (counted), and so
-        # does a holder whose view ranks another member first. Both sides
-        # assert what they served of it (`conflicted`), so that each session
-        # two members served ends with one of them, as in rule 5.
+        # Rule 4: a member that finds a peer holding a bucket it holds
+        # releases it (counted), whatever the bids, and so does a holder whose
+        # view ranks another member first. The peer may not hear us (a one-way
+        # partition): if we held on, both kernels would serve its new
+        # sessions. Once the two hear each other, the ranked member takes it
+        # again with grants. Both sides assert what they served of it
+        # (`conflicted`), so that each session two members served ends with
+        # one of them, as in rule 5.
         conflicted: set[int] = set()
-        for peer_id, state in states.items():
+        for state in states.values():
             for bucket in state.holding & self.holding.keys():
                 conflicted.add(bucket)
-                if self._bid(bucket, peer_id, state.weight) > self._my_bid(bucket, me):
-                    self._release(bucket)
-                    changed = True
+                self._release(bucket)
+                changed = True
         self.counters.conflicts += len(conflicted - self.conflicted)
         self.conflicted = conflicted
         for bucket in list(self.holding):
@@ -508,6 +517,7 @@ class Buckets:
 
 __all__ = [
     "ALL_PORTS",
+    "ANSWER_SCORE",
     "BUCKET_SCORE",
     "MINE",
     "OPEN",

@@ -31,7 +31,15 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum, IntEnum, auto
 from typing import NamedTuple, Protocol
 
-from protocols.buckets import BUCKET_SCORE, MINE, OTHER, Buckets, BucketSettings, Candidate
+from protocols.buckets import (
+    ANSWER_SCORE,
+    BUCKET_SCORE,
+    MINE,
+    OTHER,
+    Buckets,
+    BucketSettings,
+    Candidate,
+)
 from protocols.classifier import Classified, FrameKind
 from protocols.numbers import IpProtocol, TcpFlags
 from protocols.packet_queue import FragmentTable, PacketQueues
@@ -929,18 +937,16 @@ class ClaimMachine:
         bid = (claim.score, claim.member_id)
         if session is None:
             if self._buckets is not None and self._buckets.verdict(claim.session) is MINE:
-                # Its bucket is ours: our kernel serves its SYN without asking,
-                # so the claimer must yield (rule 4, with a score no claim beats).
-                # It is ours from now on, even if its bucket moves: its client's
-                # next SYN finds it here (we may not have seen the first).
-                owned = self._own_at_once(claim.session, now)
-                if owned is not None:
-                    self._send_assertion(owned)
-                else:  # no room: assert all the same, and serve it by bucket
-                    self.counters.assertions_sent += 1
-                    self._send(
-                        Assertion(self.member_id, self._next_counter(), claim.session, BUCKET_SCORE)
-                    )
+                # Its bucket is ours: our kernel serves its next SYN without
+                # asking, so the claimer must yield. We may have served its
+                # first (the kernel tells Python nothing), or the bucket's
+                # previous holder did just before it moved, and then that
+                # holder keeps it: our answer beats any claim but not a
+                # session served at once, and makes us no owner.
+                self.counters.assertions_sent += 1
+                self._send(
+                    Assertion(self.member_id, self._next_counter(), claim.session, ANSWER_SCORE)
+                )
                 return
             # The claim outran the client's packet (or we never see that
             # packet): remember it, so that we never claim this session.
@@ -964,6 +970,9 @@ class ClaimMachine:
 
     def _assertion(self, assertion: Assertion, now: float) -> None:
         session = self._table.get(assertion.session)
+        if assertion.score == ANSWER_SCORE:
+            self._holder_answered(session, now)
+            return
         bid = (assertion.score, assertion.member_id)
         if session is None:
             self._learn_session(assertion.session, assertion.member_id, assertion.score, True, now)
@@ -991,6 +1000,22 @@ class ClaimMachine:
         if not session.best_asserted or bid > (session.best_score, session.best_member):
             _hear_bid(session, assertion.member_id, assertion.score, now, asserted=True)
             self._table.note_asserted(session)
+
+    def _holder_answered(self, session: Session | None, now: float) -> None:
+        """A bucket's holder answered a claim for a session it has no record
+        of: the claim loses, and nobody is its owner as far as anyone knows.
+        The claimer and every member that heard only claims forget it, so
+        that the client's next SYN is served by whoever holds the bucket then
+        (a record kept would drop it as foreign). A member that owns it, or
+        heard its owner assert it, keeps it (the owner answers with its own
+        assertion, which every claim and this answer lose to)."""
+        if session is None or session.mine or session.best_asserted:
+            if session is not None and session.mine:
+                self._answer(session, now)
+            return
+        if session.state is PENDING:
+            self._lose(session, now)
+        self._remove(session)
 
     def _learn_session(
         self, key: SessionKey, owner: int, score: float, asserted: bool, now: float

@@ -140,6 +140,41 @@ def test_a_session_both_holders_served_at_once_is_resolved() -> None:
     assert not result.violations, result.violations[0]
 
 
+def test_a_claim_the_new_holder_answers_leaves_the_session_with_its_old_holder() -> None:
+    """A schedule that once broke the bucket rule, as it went then (fixed in
+    protocols/: see the commit). Member 4 holds a bucket and serves a new
+    session's SYN at once; a moment later the bucket moves to member 6. A
+    member that resumes from a freeze claims the session on its stale view,
+    and member 6, which has no record of it, took it as its own with the
+    bucket score: two owners, with no message lost. (Seed 988 is another of
+    the same kind.)"""
+    result = run_schedule(draw_scenario(1331))
+    assert not result.violations, result.violations[0]
+
+
+def test_a_holder_that_hears_another_holder_lets_go_whatever_the_bids() -> None:
+    """A schedule that once broke the bucket rule, as it went then (fixed in
+    protocols/: see the commit). In a one-way partition member 1 hears
+    nobody, gives the others up and takes every bucket, bucket 60 among them,
+    which member 0 holds. Member 0 hears member 1's BUCKETS message, and kept
+    bucket 60 because its bid was higher; after the partition heals, a new
+    session's SYN is served at once by both, and neither asserts it (member 0
+    asserted only what it served before the double hold began; member 1 lets
+    go on its ranking, never seeing the double hold)."""
+    result = run_schedule(draw_scenario(535))
+    assert not result.violations, result.violations[0]
+
+
+def test_an_established_session_stays_after_a_one_way_partition_heals() -> None:
+    """A schedule that once broke the bucket rule, as it went then (fixed in
+    protocols/: see the commit). Loss, duplication, reordering, a one-way
+    partition and a crash among 8 members: after the partition, a session
+    established on member 5 was also served at once by member 7, which held
+    its bucket too (member 5 kept it on the higher bid), and moved."""
+    result = run_schedule(draw_scenario(105))
+    assert not result.violations, result.violations[0]
+
+
 def test_the_per_session_rule_holds_under_every_fault() -> None:
     """The rule before buckets (every session claimed on its own) still holds."""
     results = list(run_many(range(1, CI_SCHEDULES // 2 + 1), policy="per-session", workers=2))

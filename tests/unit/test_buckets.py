@@ -28,7 +28,7 @@ import pytest
 
 from protocols.bucket_hash import bucket_of
 from protocols.buckets import (
-    BUCKET_SCORE,
+    ANSWER_SCORE,
     MINE,
     OPEN,
     OTHER,
@@ -49,7 +49,6 @@ from protocols.errors import MalformedPacket
 from protocols.numbers import IpProtocol, TcpFlags
 from protocols.rendezvous import rendezvous_score
 from protocols.session_key import SessionKey
-from protocols.session_table import FOREIGN
 from protocols.wire.claim import (
     HEADER_LENGTH,
     Assertion,
@@ -416,7 +415,7 @@ def test_a_new_syn_in_a_held_bucket_is_served_at_once_with_no_message() -> None:
         assert segment.members[member_id].drops["foreign"] == 2
 
 
-def test_a_claim_in_a_held_bucket_is_answered_with_the_bucket_score_and_loses() -> None:
+def test_a_claim_in_a_held_bucket_is_answered_with_a_score_no_claim_beats_and_loses() -> None:
     segment = settled(1, 2, 3)
     holder = 1
     key = key_in(min(segment.holding(holder)))
@@ -434,15 +433,16 @@ def test_a_claim_in_a_held_bucket_is_answered_with_the_bucket_score_and_loses() 
         for sender, message in segment.messages_about(key)
         if isinstance(message, Assertion)
     ]
-    assert answers == [(holder, Assertion(holder, answers[0][1].counter, key, BUCKET_SCORE))]
-    # The holder keeps it as its own from now on (its client's next SYN finds
-    # it there, even if the bucket moves meanwhile).
-    owned = segment.members[holder].session(key)
-    assert owned is not None and owned.mine
+    assert answers == [(holder, Assertion(holder, answers[0][1].counter, key, ANSWER_SCORE))]
+    # The answer makes the holder no owner: it never saw the SYN (in the
+    # kernel it may have served it, with no record in Python either way).
+    assert segment.members[holder].session(key) is None
     assert newcomer.counters.claims_lost == 1
     assert not newcomer.owns(key)
-    session = newcomer.session(key)
-    assert session is not None and session.state is FOREIGN and session.owner == holder
+    # The claimer forgets it (a record would drop the next SYN as foreign if
+    # the bucket came to it), as does the bystander that heard only the claim.
+    assert newcomer.session(key) is None
+    assert segment.members[3 if holder != 3 else 2].session(key) is None
     assert not [entry for entry in segment.injected if entry[1] == 4]
     # The SYN's retransmission reaches the holder, which serves it at once.
     assert segment.arrive(holder, syn(key)) == (Verdict.INJECT, [])
@@ -629,6 +629,36 @@ def test_after_a_partition_heals_no_bucket_keeps_two_holders() -> None:
     for member_id in (1, 2):
         assert segment.holding(member_id) == before[member_id]
         assert segment.members[member_id].knows(3 - member_id, segment.now)
+
+
+def test_in_a_one_way_partition_the_holder_that_hears_the_other_lets_go() -> None:
+    # Member 2 hears nobody: it gives member 1 up and takes every bucket.
+    # Member 1 hears member 2 hold its buckets; if it kept them on its higher
+    # bids, both kernels would serve their new sessions, since member 2 never
+    # hears that member 1 holds them too.
+    segment = Segment()
+    for member_id in (1, 2):
+        segment.add(member_id)
+    segment.run(SETTLED)
+    ones = segment.holding(1)
+    assert ones
+    segment.blocked.add((1, 2))
+    segment.advance(SETTINGS.member_timeout + 1.0)
+    assert segment.holding(2) == frozenset(range(64))
+    assert not segment.holding(1)
+    key = key_in(min(ones))
+    served = {
+        member_id: verdict
+        for member_id, (verdict, _) in segment.arrive_everywhere(syn(key)).items()
+    }
+    assert served == {1: Verdict.DROP, 2: Verdict.INJECT}
+
+    # Healed: the ranked member takes its buckets again, with grants.
+    segment.heal()
+    segment.watch(lambda: no_two_holders(segment))
+    segment.advance(3.0)
+    assert segment.holding(1) == ones
+    assert_split(segment, (1, 2))
 
 
 # ------------------------------------------------------------------ UDP
