@@ -19,6 +19,9 @@ member 1's own address, bypassing the appliance. Figures:
   (so a new client port, a new flow), from several processes at once; measured
   once the UDP transition of m1's buckets is over (`udp_idle_timeout` after
   they were taken: until then a new flow is claimed on its own);
+- sessions in transition: the connect() latency again with claimed buckets
+  off (`buckets = 0`, on the fast path), so that every session is claimed on
+  its own, as a session of a bucket in transition is;
 - Python's share: the most frames any member's Python read per new TCP
   connection the client made (during the wrk run), and during the upload.
 
@@ -219,8 +222,8 @@ def start_cluster(segment: Lab, members: int, path: str) -> list[LabMember]:
     return cluster
 
 
-def restart_on(members: list[LabMember], cluster_ip: str, path: str) -> None:
-    flags = ("--fast-path", "on" if path == "kernel" else "off")
+def restart_on(members: list[LabMember], cluster_ip: str, path: str, *config: str) -> None:
+    flags = ("--fast-path", "on" if path == "kernel" else "off", *config)
     for index, member in enumerate(members):
         member.appliance.stop()
         weight = () if index == 0 else ("--weight", "0")
@@ -239,6 +242,7 @@ def restart_on(members: list[LabMember], cluster_ip: str, path: str) -> None:
         time.sleep(0.2)
 
 
+CLAIMED_KEYS = ("connect_p50_ms", "connect_p99_ms")
 KEYS = (
     "upload_gbps",
     "download_gbps",
@@ -283,6 +287,8 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         cluster_ip = str(segment.cluster_ip)
+        per_session = segment.directory / "per-session.toml"
+        per_session.write_text("buckets = 0\n")
         try:
             print(f"lab with {arguments.members} members; every session served by m1")
             for number in range(arguments.rounds):
@@ -302,6 +308,10 @@ def main() -> None:
                         udp_ready_at,
                     )
                     print(f"  {path:8} {figures[path]}")
+                restart_on(members, cluster_ip, "kernel", "--config", str(per_session))
+                p50, p99 = connect_latency(segment.clients[0], cluster_ip, arguments.probes)
+                figures["claimed"] = {"connect_p50_ms": p50, "connect_p99_ms": p99}
+                print(f"  {'claimed':8} {figures['claimed']}")
                 figures["direct"] = measure(
                     segment, members, str(serving.node.address), arguments.seconds, arguments.probes
                 )
@@ -342,6 +352,10 @@ def main() -> None:
         }
         for path in ("kernel", "tun")
     }
+    claimed = {
+        key: statistics.median(one["claimed"][key] for one in rounds) for key in CLAIMED_KEYS
+    }
+    added_by_claims = {f"added_{key}": claimed[key] - direct[key] for key in CLAIMED_KEYS}
     print()
     print(f"medians of {arguments.rounds} rounds (ratio: against direct)")
     print(f"{'':34} {'direct':>9} {'kernel':>9} {'ratio':>6} {'tun':>9} {'ratio':>6}")
@@ -366,6 +380,11 @@ def main() -> None:
         print(
             f"{label:34} {'':9} {ratios['kernel'][added]:9.3f} {'':6} {ratios['tun'][added]:9.3f}"
         )
+    print(
+        f"{'claimed one by one (buckets off):':34} added SYN to SYN-ACK "
+        f"p50 {added_by_claims['added_connect_p50_ms']:.3f} ms, "
+        f"p99 {added_by_claims['added_connect_p99_ms']:.3f} ms"
+    )
     for label, key in (
         ("Python frames per new TCP session", "python_frames_per_session"),
         ("Python frames during the upload", "upload_python_frames"),
@@ -382,6 +401,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "medians": medians,
                 "spread": spread,
+                "claimed": {**claimed, **added_by_claims},
                 "ratios": {
                     path: {key: round(value, 3) for key, value in values.items()}
                     for path, values in ratios.items()
