@@ -57,7 +57,8 @@ class Cluster:
 
     def wait_settled(self, timeout: float = 20.0) -> None:
         """Until every member is past its warm-up (it claims UDP flows only then),
-        sees all the others, and has seen its servers' ports listening."""
+        sees all the others, and has seen its servers' ports listening; then,
+        with claimed buckets, until every bucket is held and none is moving."""
         deadline = time.monotonic() + timeout
         pending: dict[str, object] = {}
         while time.monotonic() < deadline:
@@ -70,6 +71,8 @@ class Cluster:
                 elif not wanted <= set(status.listening):
                     pending[member.name] = status.listening
             if not pending:
+                if self.members[0].appliance.status().buckets:
+                    self.wait_for_buckets(every_member=False)
                 return
             time.sleep(0.2)
         raise AssertionError(f"the cluster did not settle: {pending}")
@@ -79,18 +82,25 @@ class Cluster:
         return [member.appliance.status().buckets.get("held", 0) for member in self.members]
 
     def wait_for_buckets(
-        self, check: Callable[[list[int]], bool] | None = None, timeout: float = 15.0
+        self,
+        check: Callable[[list[int]], bool] | None = None,
+        *,
+        every_member: bool = True,
+        timeout: float = 15.0,
     ) -> list[int]:
         """Until the buckets are at rest (no member still wants one) and their
-        shares pass `check` (by default: every member holds some, and every
-        bucket is held)."""
+        shares pass `check` (by default: every bucket is held, and with
+        `every_member` every member holds some)."""
         deadline = time.monotonic() + timeout
         while True:
             statuses = [member.appliance.status().buckets for member in self.members]
             shares = [status.get("held", 0) for status in statuses]
             at_rest = not any(status.get("wanted", 0) for status in statuses)
             count = statuses[0].get("count", 0)
-            passed = check(shares) if check else all(shares) and sum(shares) == count
+            if check is not None:
+                passed = check(shares)
+            else:
+                passed = sum(shares) == count and (all(shares) or not every_member)
             if at_rest and passed:
                 return shares
             assert time.monotonic() < deadline, f"buckets held {shares}, {statuses}"

@@ -38,9 +38,10 @@ def test_every_http_request_is_served_exactly_once(cluster: Cluster) -> None:
     for path in sequential + concurrent:
         assert served[path] == 1, f"{path} served {served[path]} times"
     by_member = cluster.served_by()
-    assert all(by_member[member.name] for member in cluster.members), {
-        name: len(paths) for name, paths in by_member.items()
-    }
+    assert all(by_member[member.name] for member in cluster.members), (
+        {name: len(paths) for name, paths in by_member.items()},
+        [dict(member.appliance.status().buckets) for member in cluster.members],
+    )
 
 
 @BOTH_PATHS

@@ -97,8 +97,13 @@ def test_a_spoofed_syn_flood_leaves_legitimate_clients_served(cluster: Cluster) 
     assert sent > 100_000, f"the flood was too weak to mean anything: {sent} SYNs"
     assert served >= 0.99 * len(during), [entry for entry in during if entry[1] != 200][:5]
     assert max(growth) < 50 * MIB, growth
-    # The flood's SYNs never reached any member's Python: far fewer frames than SYNs.
-    assert max(python_frames) < sent / 100, (python_frames, sent)
+    # The flood's SYNs never reached any member's Python: far fewer frames than
+    # SYNs. A daemon the flood starves of CPU for longer than its lease lets go
+    # of its buckets (as it must: it cannot show it is alive), and the SYNs of
+    # an open bucket go to Python until it is taken again; the kernel still
+    # takes the most of the flood then.
+    share = 1 / 100 if not any(moves) else 1 / 10
+    assert max(python_frames) < sent * share, (python_frames, sent, moves)
     # The tables are back within 10 % of their baseline (here: they never grew).
     deadline = time.monotonic() + 30
     while True:
