@@ -1043,6 +1043,12 @@ class ClaimMachine:
     def _session_timer(self, session: Session, now: float) -> None:
         state = session.state
         if state is PENDING:
+            if now >= self._expiry(session):
+                # Undecided past its expiry (this member did not run for that
+                # long): forget it as its expiry would, rather than win a
+                # session its client gave up on and inject its stale packets.
+                self._remove(session)
+                return
             if (
                 session.phase is Phase.WAITING
                 and session.claim_at is not None

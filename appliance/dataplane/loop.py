@@ -176,6 +176,10 @@ class DataPlane:
             if kind >= first_client_kind:
                 verdict = handle(record, frame, len(frame), perf_counter() + offset)
                 if verdict is INJECT:
+                    if machine.has_actions:
+                        # What earlier frames asked for goes first: a reset of
+                        # an evicted session, before its successor is served.
+                        self.carry_out()
                     if not inject(frame, record[3]):
                         counters.inject_errors += 1
                 elif verdict is QUEUED and machine.has_actions:
