@@ -1009,10 +1009,13 @@ class ClaimMachine:
         (a record kept would drop it as foreign). A member that owns it, or
         heard its owner assert it, keeps it (the owner answers with its own
         assertion, which every claim and this answer lose to)."""
-        if session is None or session.mine or session.best_asserted:
-            if session is not None and session.mine:
-                self._answer(session, now)
+        if session is None:
             return
+        if session.mine:
+            self._answer(session, now)  # ours: the answer loses to our assertion
+            return
+        if session.best_asserted:
+            return  # its owner asserted it, and that stands
         if session.state is PENDING:
             self._lose(session, now)
         self._remove(session)
